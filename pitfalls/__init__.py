@@ -1,0 +1,1 @@
+"""pitfalls: ablation studies of end-to-end video training."""

@@ -1,0 +1,82 @@
+"""`pitfalls run | report`: parse arguments and the study once, then hand over."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pitfalls.config import StudyError, load_study
+
+    try:
+        spec = load_study(args.study)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.name:
+        from dataclasses import replace
+
+        spec = replace(spec, name=args.name)
+    from pitfalls.sweep.driver import StudyExistsError, run_study
+
+    try:
+        outcome = run_study(spec, Path(args.storage) / spec.name, tracking_uri=args.mlflow_uri,
+                            address=args.address)
+    except StudyExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(outcome.table_markdown)
+    print(f"results: {outcome.study_dir / 'results.parquet'}")
+    print(f"table:   {outcome.study_dir / 'comparison.md'}")
+    if outcome.failed:
+        print(f"{outcome.failed} of {outcome.completed + outcome.failed} trials failed "
+              f"(errors in results.parquet and MLflow)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pitfalls.results.report import load_resolved_study, write_comparison
+
+    study_dir = Path(args.study_dir)
+    if not (study_dir / "study.yaml").is_file() or not (study_dir / "results.parquet").is_file():
+        print(f"error: {study_dir} is not a study directory (needs study.yaml and results.parquet)",
+              file=sys.stderr)
+        return 2
+    text, path = write_comparison(study_dir, load_resolved_study(study_dir))
+    print(text)
+    print(f"table: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pitfalls", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a study (a YAML file) as a Ray Tune sweep")
+    run.add_argument("study", help="study file, e.g. studies/quickstart.yaml")
+    run.add_argument("--storage", default="runs",
+                     help="directory holding study directories (default: ./runs); on a cluster, "
+                          "a path every node sees")
+    run.add_argument("--mlflow-uri", default=None,
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a sqlite file "
+                          "in the study directory)")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
+    run.add_argument("--name", default=None, help="study name (default: the study file's name)")
+    run.set_defaults(func=_run)
+    report = sub.add_parser("report", help="rebuild the comparison table of a study directory")
+    report.add_argument("study_dir")
+    report.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,562 @@
+"""Study files -> validated, frozen config objects.
+
+A study YAML is parsed exactly once, at the entry point, into a `StudySpec`. Everything below
+(sweep, train loop, models) takes these objects or explicit arguments, never raw dicts. Validation
+collects *every* problem and raises one `StudyError` listing them (field path, bad value, valid
+choices) before any Ray, MLflow or training work starts.
+
+This module imports no torch/timm/Ray at module level: checks that need the backbone (stage
+count) import timm lazily.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from pitfalls.data.synthetic import SyntheticOptions, video_lengths
+from pitfalls.models.norms import NORM_NAMES
+
+CORE_FACTORS = ("norm", "frozen_stages", "seq_len", "videos_per_batch")
+# Trial parameters that may be ablated (factor) or sampled (nuisance), with their types.
+TRIAL_PARAMS: dict[str, type] = {
+    "norm": str,
+    "frozen_stages": int,
+    "seq_len": int,
+    "videos_per_batch": int,
+    "lr": float,
+    "weight_decay": float,
+}
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+TASKS = ("phase",)
+DATASETS = ("synthetic",)
+TEMPORAL_HEADS = ("lstm",)
+SEARCHERS = ("grid", "optuna")
+OPTUNA_SAMPLERS = ("tpe", "random", "brute_force")
+METRICS = ("val_accuracy", "val_f1", "val_loss", "train_loss")
+MODES = ("max", "min")
+
+
+class StudyError(ValueError):
+    """Every problem found in a study definition, one per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen config objects
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str = "synthetic"
+    options: SyntheticOptions = field(default_factory=SyntheticOptions)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    backbone: str = "test_resnet"
+    weights: str | None = None  # local state_dict file; nothing is ever downloaded
+    temporal_head: str = "lstm"
+    hidden_size: int = 64
+    group_norm_groups: int = 8
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    epochs: int = 2
+    steps_per_epoch: int = 10
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    type: str = "grid"
+    sampler: str = "tpe"
+    num_samples: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str = "val_accuracy"
+    mode: str = "max"
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A sampled nuisance parameter. `default` is its value in grid (ablation) studies."""
+
+    distribution: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    factors: tuple[tuple[str, tuple], ...]  # ordered (name, levels)
+    nuisance: tuple[tuple[str, Distribution], ...]
+
+    @property
+    def factor_dict(self) -> dict[str, tuple]:
+        return dict(self.factors)
+
+    @property
+    def varied_factors(self) -> list[str]:
+        """Factors with more than one level: the columns of a comparison table."""
+        return [n for n, levels in self.factors if len(levels) > 1]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    dataset: DatasetSpec
+    task: str
+    model: ModelSpec
+    budget: BudgetSpec
+    resources: ResourceSpec
+    searcher: SearcherSpec
+    seeds: tuple[int, ...]
+    metric: MetricSpec
+    search_space: SearchSpace
+    description: str = ""
+
+    @property
+    def num_trials(self) -> int:
+        if self.searcher.type == "grid":
+            return math.prod(len(v) for _, v in self.search_space.factors) * len(self.seeds)
+        return self.searcher.num_samples
+
+    def to_dict(self) -> dict:
+        """The resolved study in the study-file shape, search space inlined; parses back as-is."""
+        searcher = asdict(self.searcher)
+        if self.searcher.type == "grid":
+            searcher.pop("num_samples")
+        return {
+            "name": self.name,
+            "description": self.description,
+            "dataset": {"name": self.dataset.name, "options": asdict(self.dataset.options)},
+            "task": self.task,
+            "model": {
+                "backbone": self.model.backbone,
+                "weights": self.model.weights,
+                "temporal_head": {"type": self.model.temporal_head,
+                                  "hidden_size": self.model.hidden_size},
+                "group_norm_groups": self.model.group_norm_groups,
+            },
+            "budget": asdict(self.budget),
+            "resources": asdict(self.resources),
+            "searcher": searcher,
+            "seeds": list(self.seeds),
+            "metric": asdict(self.metric),
+            "search_space": {
+                "name": self.search_space.name,
+                "factors": {n: list(v) for n, v in self.search_space.factors},
+                "nuisance": {
+                    n: {k: (list(v) if isinstance(v, tuple) else v)
+                        for k, v in asdict(dist).items() if v not in (None, ())}
+                    for n, dist in self.search_space.nuisance
+                },
+            },
+        }
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """The flat per-trial parameters: exactly what MLflow records and the results table keys."""
+
+    norm: str
+    frozen_stages: int
+    seq_len: int
+    videos_per_batch: int
+    lr: float
+    weight_decay: float
+    seed: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialParams":
+        return cls(**{f.name: TRIAL_PARAM_TYPES[f.name](d[f.name]) for f in fields(cls)})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TRIAL_PARAM_TYPES: dict[str, type] = {**TRIAL_PARAMS, "seed": int}
+NUISANCE_FALLBACKS = {"lr": 1e-3, "weight_decay": 1e-4}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial's training needs: the study's fixed parts plus its parameters."""
+
+    study: StudySpec
+    params: TrialParams
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, value: Any, why: str) -> None:
+        self.items.append(f"{path}: {value!r} {why}")
+
+
+def _choices(options: Iterable) -> str:
+    return "valid choices: " + ", ".join(map(str, options))
+
+
+def _mapping(raw: Any, path: str, p: _Problems) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        p.add(path, raw, "must be a mapping")
+        return {}
+    return raw
+
+
+def _unknown_keys(raw: dict, allowed: Iterable[str], path: str, p: _Problems) -> None:
+    allowed = list(allowed)
+    for key in raw:
+        if key not in allowed:
+            p.add(f"{path}.{key}" if path else key, key, f"is not a known field; {_choices(allowed)}")
+
+
+def _number(raw: dict, key: str, path: str, p: _Problems, default, kind=int, minimum=None):
+    value = raw.get(key, default)
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok_type = isinstance(value, int) and not isinstance(value, bool)
+    if not ok_type:
+        p.add(f"{path}.{key}", value, f"must be {'an integer' if kind is int else 'a number'}")
+        return default
+    if minimum is not None and value < minimum:
+        p.add(f"{path}.{key}", value, f"must be >= {minimum}")
+        return default
+    return kind(value)
+
+
+def _dataclass_from(cls, raw: dict, path: str, p: _Problems, minimums: Mapping[str, float]):
+    """Build a flat dataclass of numbers/strings from a mapping, checking names and types."""
+    _unknown_keys(raw, [f.name for f in fields(cls)], path, p)
+    values = {}
+    defaults = cls()
+    for f in fields(cls):
+        default = getattr(defaults, f.name)
+        if f.name not in raw:
+            values[f.name] = default
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            kind = int if isinstance(default, int) else float
+            values[f.name] = _number(raw, f.name, path, p, default, kind, minimums.get(f.name))
+        else:
+            values[f.name] = raw[f.name]
+    return cls(**values)
+
+
+def _parse_dataset(raw: Any, p: _Problems) -> DatasetSpec:
+    raw = _mapping(raw, "dataset", p)
+    _unknown_keys(raw, ["name", "options"], "dataset", p)
+    name = raw.get("name", "synthetic")
+    if name not in DATASETS:
+        p.add("dataset.name", name, f"is not a known dataset; {_choices(DATASETS)}")
+        return DatasetSpec()
+    opts = _mapping(raw.get("options"), "dataset.options", p)
+    options = _dataclass_from(
+        SyntheticOptions, opts, "dataset.options", p,
+        minimums={"num_videos": 2, "val_videos": 1, "num_phases": 2, "num_tools": 0,
+                  "min_phase_frames": 1, "max_phase_frames": 1, "frame_size": 16, "noise": 0.0},
+    )
+    if options.max_phase_frames < options.min_phase_frames:
+        p.add("dataset.options.max_phase_frames", options.max_phase_frames,
+              f"must be >= min_phase_frames ({options.min_phase_frames})")
+    if options.val_videos >= options.num_videos:
+        p.add("dataset.options.val_videos", options.val_videos,
+              f"must leave at least one training video (num_videos is {options.num_videos})")
+    return DatasetSpec(name=name, options=options)
+
+
+def _parse_model(raw: Any, p: _Problems, check_files: bool = True) -> ModelSpec:
+    raw = _mapping(raw, "model", p)
+    _unknown_keys(raw, ["backbone", "weights", "temporal_head", "group_norm_groups"], "model", p)
+    backbone = raw.get("backbone", ModelSpec.backbone)
+    if not isinstance(backbone, str):
+        p.add("model.backbone", backbone, "must be a timm model name")
+        backbone = ModelSpec.backbone
+    weights = raw.get("weights")
+    if weights is not None and check_files and not Path(str(weights)).is_file():
+        p.add("model.weights", weights, "is not an existing local file (nothing is downloaded)")
+    head = _mapping(raw.get("temporal_head"), "model.temporal_head", p)
+    _unknown_keys(head, ["type", "hidden_size"], "model.temporal_head", p)
+    head_type = head.get("type", "lstm")
+    if head_type not in TEMPORAL_HEADS:
+        p.add("model.temporal_head.type", head_type, _choices(TEMPORAL_HEADS))
+    hidden = _number(head, "hidden_size", "model.temporal_head", p, ModelSpec.hidden_size, int, 1)
+    groups = _number(raw, "group_norm_groups", "model", p, ModelSpec.group_norm_groups, int, 1)
+    return ModelSpec(backbone=backbone, weights=weights, temporal_head=head_type,
+                     hidden_size=hidden, group_norm_groups=groups)
+
+
+def _parse_searcher(raw: Any, p: _Problems) -> SearcherSpec:
+    raw = _mapping(raw, "searcher", p)
+    spec = _dataclass_from(SearcherSpec, raw, "searcher", p, minimums={"num_samples": 1})
+    if spec.type not in SEARCHERS:
+        p.add("searcher.type", spec.type, _choices(SEARCHERS))
+    if spec.sampler not in OPTUNA_SAMPLERS:
+        p.add("searcher.sampler", spec.sampler, _choices(OPTUNA_SAMPLERS))
+    if spec.type == "grid" and "num_samples" in raw:
+        p.add("searcher.num_samples", spec.num_samples,
+              "applies to optuna only; a grid study runs every factor combination once per seed")
+    return spec
+
+
+def _parse_distribution(name: str, raw: Any, path: str, p: _Problems) -> Distribution | None:
+    raw = _mapping(raw, path, p)
+    _unknown_keys(raw, ["distribution", "low", "high", "choices", "default"], path, p)
+    kind = raw.get("distribution")
+    if kind not in DISTRIBUTIONS:
+        p.add(f"{path}.distribution", kind, _choices(DISTRIBUTIONS))
+        return None
+    default = raw.get("default", NUISANCE_FALLBACKS.get(name))
+    if kind == "choice":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            p.add(f"{path}.choices", choices, "must be a non-empty list")
+            return None
+        return Distribution(kind, choices=tuple(choices), default=default if default is not None else choices[0])
+    low, high = raw.get("low"), raw.get("high")
+    for key, v in (("low", low), ("high", high)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            p.add(f"{path}.{key}", v, "must be a number")
+            return None
+    if not low < high:
+        p.add(f"{path}.high", high, f"must be greater than low ({low})")
+        return None
+    if kind == "loguniform" and low <= 0:
+        p.add(f"{path}.low", low, "must be > 0 for loguniform")
+        return None
+    if default is None:
+        p.add(f"{path}.default", default, "is required (it is the value used by grid studies)")
+        return None
+    return Distribution(kind, low=float(low), high=float(high), default=default)
+
+
+def _check_level(name: str, value: Any, path: str, p: _Problems) -> bool:
+    kind = TRIAL_PARAMS[name]
+    if kind is str:
+        if value not in NORM_NAMES:
+            p.add(path, value, f"is not a known norm; {_choices(NORM_NAMES)}")
+            return False
+        return True
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+        p.add(path, value, "must be an integer")
+        return False
+    if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        p.add(path, value, "must be a number")
+        return False
+    minimum = {"frozen_stages": 0, "seq_len": 1, "videos_per_batch": 1}.get(name)
+    if minimum is not None and value < minimum:
+        p.add(path, value, f"must be >= {minimum}")
+        return False
+    if kind is float and value <= 0 and name == "lr":
+        p.add(path, value, "must be > 0")
+        return False
+    return True
+
+
+def parse_search_space(raw: Any, name: str, p: _Problems, path: str = "search_space") -> SearchSpace:
+    raw = _mapping(raw, path, p)
+    _unknown_keys(raw, ["name", "factors", "nuisance", "description"], path, p)
+    factors_raw = _mapping(raw.get("factors"), f"{path}.factors", p)
+    nuisance_raw = _mapping(raw.get("nuisance"), f"{path}.nuisance", p)
+    factors: list[tuple[str, tuple]] = []
+    for fname, levels in factors_raw.items():
+        fpath = f"{path}.factors.{fname}"
+        if fname not in TRIAL_PARAMS:
+            p.add(fpath, fname, f"is not an ablatable parameter; {_choices(TRIAL_PARAMS)}")
+            continue
+        if not isinstance(levels, list) or not levels:
+            p.add(fpath, levels, "must be a non-empty list of levels")
+            continue
+        if len(set(map(repr, levels))) != len(levels):
+            p.add(fpath, levels, "has repeated levels")
+        good = [v for i, v in enumerate(levels) if _check_level(fname, v, f"{fpath}[{i}]", p)]
+        factors.append((fname, tuple(good)))
+    for core in CORE_FACTORS:
+        if core not in factors_raw:
+            p.add(f"{path}.factors", core, "is missing: every study states its levels of "
+                  + ", ".join(CORE_FACTORS) + " (one level is fine)")
+    nuisance: list[tuple[str, Distribution]] = []
+    for nname, spec in nuisance_raw.items():
+        npath = f"{path}.nuisance.{nname}"
+        if nname not in TRIAL_PARAMS or nname in CORE_FACTORS:
+            allowed = [k for k in TRIAL_PARAMS if k not in CORE_FACTORS]
+            p.add(npath, nname, f"is not a nuisance parameter; {_choices(allowed)}")
+            continue
+        if nname in factors_raw:
+            p.add(npath, nname, "is also listed as a factor; a parameter is either ablated or sampled")
+            continue
+        dist = _parse_distribution(nname, spec, npath, p)
+        if dist is not None:
+            nuisance.append((nname, dist))
+    return SearchSpace(name=name, factors=tuple(factors), nuisance=tuple(nuisance))
+
+
+STUDY_KEYS = ("name", "description", "dataset", "task", "model", "budget", "resources",
+              "searcher", "seeds", "metric", "search_space")
+
+
+def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None,
+                search_space_dirs: Iterable[Path] = (), check_environment: bool = True) -> StudySpec:
+    """Validate a study mapping; raise one `StudyError` listing every problem.
+
+    `check_environment=False` skips the checks that need this machine (local weights file,
+    backbone structure, data lengths): used to re-read a study directory's resolved study.
+    """
+    p = _Problems()
+    raw = _mapping(raw, "study", p)
+    _unknown_keys(raw, STUDY_KEYS, "", p)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
+        p.add("name", name, "must be a non-empty string without spaces or slashes")
+        name = "study"
+    dataset = _parse_dataset(raw.get("dataset"), p)
+    task = raw.get("task", "phase")
+    if task not in TASKS:
+        p.add("task", task, _choices(TASKS))
+    model = _parse_model(raw.get("model"), p, check_files=check_environment)
+    budget = _dataclass_from(BudgetSpec, _mapping(raw.get("budget"), "budget", p), "budget", p,
+                             minimums={"epochs": 1, "steps_per_epoch": 1})
+    resources = _dataclass_from(ResourceSpec, _mapping(raw.get("resources"), "resources", p),
+                                "resources", p, minimums={"workers": 1, "cpus_per_worker": 0.01,
+                                                          "gpus_per_worker": 0})
+    searcher = _parse_searcher(raw.get("searcher"), p)
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        p.add("seeds", seeds, "must be a non-empty list of integers")
+        seeds = [0]
+    elif len(set(seeds)) != len(seeds):
+        p.add("seeds", seeds, "has repeated seeds")
+    if searcher.type == "optuna" and len(seeds) != 1:
+        p.add("seeds", seeds, "optuna searches with one seed (a sampler must not tune the seed); "
+              "list one seed, or use searcher.type: grid to cross seeds")
+    metric_raw = _mapping(raw.get("metric"), "metric", p)
+    metric = _dataclass_from(MetricSpec, metric_raw, "metric", p, {})
+    if metric.name not in METRICS:
+        p.add("metric.name", metric.name, _choices(METRICS))
+    if metric.mode not in MODES:
+        p.add("metric.mode", metric.mode, _choices(MODES))
+
+    space_ref = raw.get("search_space")
+    if isinstance(space_ref, str):
+        space_raw, space_path = _load_search_space_file(space_ref, base_dir, search_space_dirs, p)
+        space = parse_search_space(space_raw, space_ref, p, path=f"search_space({space_path})")
+    else:
+        space = parse_search_space(space_ref, (space_ref or {}).get("name", "inline")
+                                   if isinstance(space_ref, dict) else "inline", p)
+        if space_ref is None:
+            p.add("search_space", None, "is required: a search space name from search_spaces/ or a mapping")
+
+    spec = StudySpec(name=name, description=str(raw.get("description", "")), dataset=dataset,
+                     task=task, model=model, budget=budget, resources=resources, searcher=searcher,
+                     seeds=tuple(seeds), metric=metric, search_space=space)
+    if not p.items and check_environment:
+        _check_against_data_and_model(spec, p)
+    if p.items:
+        raise StudyError(source, p.items)
+    return spec
+
+
+def _load_search_space_file(ref: str, base_dir: Path | None, dirs: Iterable[Path], p: _Problems):
+    candidates: list[Path] = []
+    roots = [*(Path(d) for d in dirs)]
+    if base_dir is not None:
+        roots += [base_dir, base_dir / "search_spaces", base_dir.parent / "search_spaces"]
+    roots.append(Path.cwd() / "search_spaces")
+    for root in roots:
+        for name in (ref, f"{ref}.yaml", f"{ref}.yml"):
+            candidates.append(root / name)
+    for c in candidates:
+        if c.is_file():
+            return yaml.safe_load(c.read_text()), str(c)
+    known = sorted({c.stem for r in roots if r.is_dir() for c in r.glob("*.y*ml")})
+    p.add("search_space", ref, f"was not found; {_choices(known) if known else 'no search spaces found'}")
+    return None, ref
+
+
+def _check_against_data_and_model(spec: StudySpec, p: _Problems) -> None:
+    """Checks that need the data's shape or the backbone's structure (imports timm lazily)."""
+    from pitfalls.models.backbone import backbone_info
+
+    factors = spec.search_space.factor_dict
+    info = backbone_info(spec.model.backbone)
+    if info.error:
+        p.add("model.backbone", spec.model.backbone, info.error)
+    else:
+        for i, k in enumerate(factors.get("frozen_stages", ())):
+            if k > info.num_stages:
+                p.add(f"search_space.factors.frozen_stages[{i}]", k,
+                      f"is beyond {spec.model.backbone}'s {info.num_stages} stages; "
+                      f"valid: 0..{info.num_stages}")
+    opts = spec.dataset.options
+    lengths = video_lengths(opts)
+    train_lengths = lengths[opts.val_videos:]
+    shortest = min(train_lengths)
+    for i, t in enumerate(factors.get("seq_len", ())):
+        if t > shortest:
+            p.add(f"search_space.factors.seq_len[{i}]", t,
+                  f"is longer than the shortest training video ({shortest} frames); valid: 1..{shortest}")
+    for i, v in enumerate(factors.get("videos_per_batch", ())):
+        if v > len(train_lengths):
+            p.add(f"search_space.factors.videos_per_batch[{i}]", v,
+                  f"exceeds the {len(train_lengths)} training videos (sequences in a batch come "
+                  f"from distinct videos); valid: 1..{len(train_lengths)}")
+    if spec.resources.workers > 1:
+        for i, v in enumerate(factors.get("videos_per_batch", ())):
+            if v % spec.resources.workers:
+                p.add(f"search_space.factors.videos_per_batch[{i}]", v,
+                      f"must be divisible by resources.workers ({spec.resources.workers}): "
+                      "each DDP worker takes an equal share of the batch's videos")
+
+
+def load_study(path: str | Path, search_space_dirs: Iterable[Path] = ()) -> StudySpec:
+    """Read and validate a study YAML file (search spaces resolved next to it or in ./search_spaces)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(str(path), [f"study file: {str(path)!r} does not exist"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise StudyError(str(path), [f"YAML: {e}"]) from None
+    return parse_study(raw, source=str(path), base_dir=path.resolve().parent,
+                       search_space_dirs=search_space_dirs)
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    p = _Problems()
+    space = parse_search_space(yaml.safe_load(path.read_text()), path.stem, p, path=str(path))
+    if p.items:
+        raise StudyError(str(path), p.items)
+    return space

@@ -1,0 +1,111 @@
+"""Procedural "surgical-like" videos: no download, deterministic from a seed.
+
+Each video runs through `num_phases` phases in a fixed order with random durations. A frame's
+appearance depends on its phase (a grating whose orientation and frequency are phase-specific,
+tinted by a phase colour), drifts over time (motion), carries a per-video brightness/contrast
+offset (videos differ like patients and cameras do, which is what makes single-video BN batches
+leak video identity), shows a blob per present instrument, and has pixel noise. Neighbouring
+phases share part of their look, so single frames are ambiguous and temporal context helps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    num_videos: int = 12
+    val_videos: int = 4  # the first `val_videos` videos are the validation split
+    num_phases: int = 5
+    num_tools: int = 4
+    min_phase_frames: int = 6
+    max_phase_frames: int = 18
+    frame_size: int = 32
+    noise: float = 0.35
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Video:
+    id: str
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    phases: np.ndarray  # (T,) int64 phase label per frame
+    tools: np.ndarray  # (T, num_tools) uint8 instrument presence
+
+    def __len__(self) -> int:
+        return len(self.phases)
+
+
+def _phase_durations(opts: SyntheticOptions) -> list[np.ndarray]:
+    rng = np.random.default_rng([opts.seed, 0])
+    return [rng.integers(opts.min_phase_frames, opts.max_phase_frames + 1, size=opts.num_phases)
+            for _ in range(opts.num_videos)]
+
+
+def video_lengths(opts: SyntheticOptions) -> list[int]:
+    """Frame count of every video, without rendering any frame (cheap: used by validation)."""
+    return [int(d.sum()) for d in _phase_durations(opts)]
+
+
+def _phase_looks(opts: SyntheticOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([opts.seed, 1])
+    angles = np.linspace(0, np.pi, opts.num_phases, endpoint=False) + rng.uniform(0, 0.3)
+    freqs = rng.uniform(1.5, 4.0, size=opts.num_phases)
+    base = rng.uniform(0.2, 0.8, size=(opts.num_phases, 3))
+    # neighbours share half their colour: a single frame is ambiguous near phase changes
+    colours = 0.5 * base + 0.5 * np.roll(base, 1, axis=0)
+    return angles, freqs, colours
+
+
+def _tool_presence(durations: np.ndarray, num_tools: int, rng: np.random.Generator) -> np.ndarray:
+    """Per phase, each tool appears in one random interval with a phase-dependent probability."""
+    total = int(durations.sum())
+    tools = np.zeros((total, num_tools), dtype=np.uint8)
+    start = 0
+    for p, d in enumerate(durations):
+        for k in range(num_tools):
+            if rng.random() < 0.15 + 0.7 * ((p + k) % 3 == 0):
+                a = int(rng.integers(0, d))
+                b = int(rng.integers(a + 1, d + 1))
+                tools[start + a:start + b, k] = 1
+        start += int(d)
+    return tools
+
+
+def make_video(opts: SyntheticOptions, index: int) -> Video:
+    """Render video `index` (deterministic from opts.seed and index)."""
+    durations = _phase_durations(opts)[index]
+    angles, freqs, colours = _phase_looks(opts)
+    rng = np.random.default_rng([opts.seed, 2, index])
+    phases = np.repeat(np.arange(opts.num_phases), durations).astype(np.int64)
+    t = np.arange(len(phases), dtype=np.float32)
+    tools = _tool_presence(durations, opts.num_tools, rng)
+
+    s = opts.frame_size
+    yy, xx = np.meshgrid(np.linspace(-1, 1, s, dtype=np.float32),
+                         np.linspace(-1, 1, s, dtype=np.float32), indexing="ij")
+    ang = angles[phases][:, None, None]
+    proj = np.cos(ang) * xx + np.sin(ang) * yy
+    drift = 0.15 * t[:, None, None]  # motion: the pattern drifts frame to frame
+    grating = 0.5 + 0.5 * np.sin(2 * np.pi * freqs[phases][:, None, None] * proj + drift)
+    img = grating[..., None] * colours[phases][:, None, None, :]
+
+    for k in range(opts.num_tools):  # one moving blob per present instrument
+        cx = 0.6 * np.cos(2 * np.pi * k / max(opts.num_tools, 1) + 0.05 * t)
+        cy = 0.6 * np.sin(2 * np.pi * k / max(opts.num_tools, 1) + 0.05 * t)
+        blob = np.exp(-((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) / 0.02)
+        img += 0.6 * (tools[:, k, None, None] * blob)[..., None]
+
+    gain, offset = rng.uniform(0.7, 1.3), rng.uniform(-0.15, 0.15)  # per-video camera/patient
+    img = gain * img + offset + opts.noise * rng.standard_normal(img.shape, dtype=np.float32)
+    frames = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    return Video(id=f"synthetic-{index:03d}", frames=frames, phases=phases, tools=tools)
+
+
+def make_videos(opts: SyntheticOptions) -> tuple[list[Video], list[Video]]:
+    """(train, val) videos; the first `val_videos` are validation."""
+    videos = [make_video(opts, i) for i in range(opts.num_videos)]
+    return videos[opts.val_videos:], videos[:opts.val_videos]

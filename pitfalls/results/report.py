@@ -1,0 +1,36 @@
+"""`pitfalls report DIR`: rebuild the comparison table from a study directory alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pitfalls.config import StudySpec, parse_study
+from pitfalls.results.store import RESULTS_FILE, read_results
+from pitfalls.results.table import comparison_table, to_markdown
+
+COMPARISON_FILE = "comparison.md"
+
+
+def load_resolved_study(study_dir: Path) -> StudySpec:
+    raw = yaml.safe_load((study_dir / "study.yaml").read_text())
+    return parse_study(raw, source=str(study_dir / "study.yaml"), check_environment=False)
+
+
+def comparison_markdown(study_dir: Path, spec: StudySpec) -> str:
+    results = read_results(study_dir / RESULTS_FILE)
+    factors = spec.search_space.varied_factors or [n for n, _ in spec.search_space.factors]
+    table = comparison_table(results, factors, spec.metric.name)
+    n_done = sum(1 for s in results["status"].to_pylist() if s == "completed")
+    header = (f"# {spec.name}: {spec.metric.name} ({spec.metric.mode}) at the last epoch\n\n"
+              f"{results.num_rows} trials, {n_done} completed, "
+              f"{results.num_rows - n_done} failed; mean ± sample std (ddof=1) over seeds.\n\n")
+    return header + to_markdown(table, factors, spec.metric.name, spec.metric.mode)
+
+
+def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, Path]:
+    text = comparison_markdown(study_dir, spec)
+    path = study_dir / COMPARISON_FILE
+    path.write_text(text)
+    return text, path

@@ -1,0 +1,35 @@
+"""The versioned per-trial result schema (one row per trial), as a pyarrow schema."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+METRICS = ("val_accuracy", "val_f1", "val_loss", "train_loss")
+LOWER_IS_BETTER = frozenset({"val_loss", "train_loss"})
+PARAM_FIELDS = [
+    pa.field("norm", pa.string()),
+    pa.field("frozen_stages", pa.int64()),
+    pa.field("seq_len", pa.int64()),
+    pa.field("videos_per_batch", pa.int64()),
+    pa.field("lr", pa.float64()),
+    pa.field("weight_decay", pa.float64()),
+    pa.field("seed", pa.int64()),
+]
+SCHEMA = pa.schema(
+    [
+        pa.field("study", pa.string()),
+        pa.field("trial_id", pa.string()),
+        pa.field("status", pa.string()),  # "completed" | "failed"
+        pa.field("error", pa.string()),
+        *PARAM_FIELDS,
+        pa.field("epochs", pa.int64()),
+        *[pa.field(f"final_{m}", pa.float64()) for m in METRICS],
+        *[pa.field(f"best_{m}", pa.float64()) for m in METRICS],
+        *[pa.field(f"curve_{m}", pa.list_(pa.float64())) for m in METRICS],
+        pa.field("duration_s", pa.float64()),
+        pa.field("workers", pa.int64()),
+    ],
+    metadata={"pitfalls.schema_version": SCHEMA_VERSION},
+)
+PARAM_NAMES = [f.name for f in PARAM_FIELDS]

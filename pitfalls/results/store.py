@@ -1,0 +1,40 @@
+"""Per-trial rows -> `results.parquet` in the study directory, rewritten atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pitfalls.results.schema import LOWER_IS_BETTER, METRICS, PARAM_NAMES, SCHEMA
+
+RESULTS_FILE = "results.parquet"
+
+
+def trial_row(study: str, trial_id: str, params: dict, history: list[dict], *, status: str,
+              error: str | None, duration_s: float, workers: int) -> dict:
+    """One schema row from a trial's params and its per-epoch reports."""
+    row = {"study": study, "trial_id": trial_id, "status": status, "error": error,
+           **{k: params.get(k) for k in PARAM_NAMES}, "epochs": len(history),
+           "duration_s": duration_s, "workers": workers}
+    for m in METRICS:
+        curve = [float(h[m]) for h in history if m in h]
+        row[f"curve_{m}"] = curve
+        row[f"final_{m}"] = curve[-1] if curve else None
+        row[f"best_{m}"] = (min(curve) if m in LOWER_IS_BETTER else max(curve)) if curve else None
+    return row
+
+
+def write_results(path: Path, rows: list[dict]) -> None:
+    """Write all rows (one per trial id, last wins) atomically: a reader never sees half a file."""
+    by_id = {r["trial_id"]: r for r in rows}
+    table = pa.Table.from_pylist(list(by_id.values()), schema=SCHEMA)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def read_results(path: Path) -> pa.Table:
+    return pq.read_table(path)

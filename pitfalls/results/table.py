@@ -1,0 +1,48 @@
+"""Comparison table: one row per factor combination, n and mean ± std over seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def comparison_table(results: pa.Table, factors: list[str], metric: str) -> pa.Table:
+    """Group completed trials by `factors`: n, mean, std (ddof=1) of `final_<metric>`; failed count."""
+    column = f"final_{metric}"
+    done = results.filter(pc.equal(results["status"], "completed"))
+    stats = done.group_by(factors).aggregate([
+        (column, "count"), (column, "mean"),
+        (column, "stddev", pc.VarianceOptions(ddof=1)),
+    ]).rename_columns([*factors, "n", "mean", "std"])
+    failed = results.filter(pc.equal(results["status"], "failed"))
+    fails = failed.group_by(factors).aggregate([("trial_id", "count")]).rename_columns(
+        [*factors, "failed"])
+    all_combos = results.group_by(factors).aggregate([]).select(factors)
+    table = all_combos.join(stats, keys=factors, join_type="left outer")
+    table = table.join(fails, keys=factors, join_type="left outer")
+    table = table.set_column(table.schema.get_field_index("failed"), "failed",
+                             pc.fill_null(table["failed"], 0))
+    table = table.set_column(table.schema.get_field_index("n"), "n", pc.fill_null(table["n"], 0))
+    return table.sort_by([(f, "ascending") for f in factors])
+
+
+def _fmt(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def to_markdown(table: pa.Table, factors: list[str], metric: str, mode: str) -> str:
+    """Markdown with the best mean marked; std is '–' where fewer than two seeds completed."""
+    rows = table.to_pylist()
+    means = [r["mean"] for r in rows if r["mean"] is not None]
+    best = (max(means) if mode == "max" else min(means)) if means else None
+    head = [*factors, "n", f"{metric} (mean ± std over seeds)", "failed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        value = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r["mean"] is not None else "–"
+        if best is not None and r["mean"] == best:
+            value = f"**{value}**"
+        lines.append("| " + " | ".join([*(str(r[f]) for f in factors), str(r["n"]), value,
+                                         str(r["failed"])]) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Ray Tune driver, trials (in-process or Ray Train DDP), MLflow tracking."""

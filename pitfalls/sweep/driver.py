@@ -1,0 +1,139 @@
+"""`pitfalls run`: validated StudySpec -> Tune (grid or Optuna) -> trials -> MLflow + Parquet.
+
+The study directory holds everything needed to inspect or rebuild the study:
+  study.yaml        the resolved study (search space inlined)
+  state.json        the study's identity: study id, MLflow URI, experiment and parent run
+  tune/             Tune's experiment state;  train/  Ray Train runs of multi-worker trials
+  results.parquet   one row per trial (pitfalls.results.schema), written as trials finish
+  comparison.md     the comparison table;  logs/ray.log  Ray's own output
+  mlflow.db, mlartifacts/   the default MLflow store;  optuna.db  Optuna's storage
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from pitfalls.config import StudySpec
+from pitfalls.results import RESULTS_FILE
+from pitfalls.sweep.tracking import StudyRun, default_tracking_uri, open_study_run
+
+TUNE_DIR = "tune"
+
+
+class StudyExistsError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    study_dir: Path
+    completed: int
+    failed: int
+    table_markdown: str
+
+
+def _max_concurrent(spec: StudySpec, capacity: dict[str, float]) -> int:
+    r = spec.resources
+    limits = [capacity.get("CPU", 1) // (r.workers * r.cpus_per_worker)]
+    if r.gpus_per_worker:
+        limits.append(capacity.get("GPU", 0) // (r.workers * r.gpus_per_worker))
+    return max(1, int(min(limits)))
+
+
+def _trial_resources(spec: StudySpec, capacity: dict[str, float]) -> dict[str, float]:
+    from pitfalls.sweep.runtime import DRIVER_RESOURCE
+
+    r = spec.resources
+    if r.workers == 1:  # the trial process trains: it holds the worker's resources itself
+        res = {"CPU": r.cpus_per_worker}
+        if r.gpus_per_worker:
+            res["GPU"] = r.gpus_per_worker
+        return res
+    # a driver that only waits on its TorchTrainer: take no CPU away from the workers
+    return {DRIVER_RESOURCE: 1} if capacity.get(DRIVER_RESOURCE) else {"CPU": 0.01}
+
+
+def prepare_study_dir(spec: StudySpec, study_dir: Path, tracking_uri: str | None) -> StudyRun:
+    """Create the study directory and its MLflow parent run; refuse an existing study."""
+    if (study_dir / "study.yaml").exists():
+        raise StudyExistsError(
+            f"{study_dir} already holds a study; choose another --name or --storage, "
+            f"or delete that directory to start over")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(study_dir)
+    artifacts = (study_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    study_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    run = open_study_run(uri, spec.name, study_id, {
+        "study": spec.name, "backbone": spec.model.backbone, "task": spec.task,
+        "dataset": spec.dataset.name, "searcher": spec.searcher.type,
+        "num_trials": spec.num_trials, "epochs": spec.budget.epochs,
+        "steps_per_epoch": spec.budget.steps_per_epoch, "workers": spec.resources.workers,
+        "seeds": ",".join(map(str, spec.seeds)), "metric": spec.metric.name,
+    }, artifact_location=artifacts)
+    (study_dir / "state.json").write_text(json.dumps(run.__dict__, indent=2))
+    return run
+
+
+def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = None,
+              address: str | None = None, out: TextIO = sys.stdout) -> StudyOutcome:
+    from ray import tune
+
+    from pitfalls.results.report import write_comparison
+    from pitfalls.sweep.callbacks import ConsoleProgress, ResultsRecorder
+    from pitfalls.sweep.runtime import cluster_capacity, init_ray, quiet_logging
+    from pitfalls.sweep.space import param_space, search_algorithm
+    from pitfalls.sweep.tracking import close_study_run
+    from pitfalls.sweep.trial import TrialContext, run_trial
+
+    study_dir = study_dir.resolve()
+    quiet_logging(study_dir / "logs" / "ray.log")
+    study_run = prepare_study_dir(spec, study_dir, tracking_uri)
+    print(f"study {spec.name}: {spec.num_trials} trials -> {study_dir}", file=out)
+    print(f"mlflow: {study_run.tracking_uri} (experiment {spec.name!r}, parent run "
+          f"{study_run.parent_run_id})", file=out, flush=True)
+
+    init_ray(address, study_dir / "logs" / "ray.log")
+    capacity = cluster_capacity()
+    ctx = TrialContext(spec, study_run, str(study_dir))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    _trial_resources(spec, capacity))
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric.name, mode=spec.metric.mode,
+            search_alg=search_algorithm(spec, study_dir),
+            num_samples=spec.searcher.num_samples if spec.searcher.type == "optuna" else 1,
+            max_concurrent_trials=_max_concurrent(spec, capacity),
+            reuse_actors=spec.resources.workers == 1,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
+            callbacks=[ConsoleProgress(spec, out), ResultsRecorder(spec, study_dir / RESULTS_FILE)],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    status = "FAILED"
+    try:
+        grid = tuner.fit()
+        failed = sum(1 for r in grid if r.error is not None)
+        completed = len(grid) - failed
+        status = "FINISHED"
+    finally:
+        artifacts = []
+        table = ""
+        if (study_dir / RESULTS_FILE).exists():
+            table, md_path = write_comparison(study_dir, spec)
+            artifacts = [md_path, study_dir / RESULTS_FILE, study_dir / "study.yaml"]
+        close_study_run(study_run, status, artifacts)
+    return StudyOutcome(study_dir, completed, failed, table)
+

@@ -1,0 +1,63 @@
+"""Starting or joining Ray quietly: Ray's own logs go to a file in the study directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+# Read by Ray Train's controller and workers; passed to every worker through the runtime env.
+RAY_ENV = {
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",  # no "Reporting training result ..."
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # no C++ object-store error per trial
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+}
+DRIVER_RESOURCE = "pitfalls_trial_driver"  # lets a multi-worker trial's driver take no CPU
+
+
+def quiet_logging(log_file: Path) -> None:
+    """Route the `ray` loggers (and warnings) to `log_file` instead of the terminal."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    for old in logging.getLogger("ray").handlers:
+        if isinstance(old, logging.FileHandler) and old.baseFilename == str(log_file.resolve()):
+            return
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("ray", "ray.tune", "ray.train", "ray.data", "mlflow", "optuna", "alembic"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [handler]
+        lg.propagate = False
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").handlers[:] = [handler]
+    logging.getLogger("py.warnings").propagate = False
+
+
+def init_ray(address: str | None, log_file: Path) -> None:
+    """Start a local Ray (token auth stays on, Ray's default) or join `address`."""
+    import ray
+
+    os.environ.update(RAY_ENV)
+    for k in ("RAY_AIR_NEW_OUTPUT",):
+        os.environ.setdefault(k, "0")
+    if ray.is_initialized():
+        return
+    quiet_logging(log_file)
+    kwargs = dict(
+        log_to_driver=False,
+        logging_config=ray.LoggingConfig(log_level="ERROR"),
+        runtime_env={"env_vars": dict(RAY_ENV)},
+    )
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                 resources={DRIVER_RESOURCE: 1000}, **kwargs)
+    quiet_logging(log_file)  # ray.init may have installed its own handlers
+
+
+def cluster_capacity() -> dict[str, float]:
+    import ray
+
+    return dict(ray.cluster_resources())

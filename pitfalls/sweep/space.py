@@ -1,0 +1,65 @@
+"""Study search space -> Tune param_space and search algorithm.
+
+grid:   every factor is a `tune.grid_search`, crossed with the seeds; nuisance parameters take
+        their `default` so the arms of the ablation differ only in the factors.
+optuna: factors become categorical choices and nuisance parameters their distributions, all
+        sampled by Optuna (TPE, random or brute force) with storage in the study directory;
+        one seed (the sampler must not tune the seed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pitfalls.config import NUISANCE_FALLBACKS, Distribution, StudySpec
+
+
+def _domain(dist: Distribution):
+    from ray import tune
+
+    if dist.distribution == "uniform":
+        return tune.uniform(dist.low, dist.high)
+    if dist.distribution == "loguniform":
+        return tune.loguniform(dist.low, dist.high)
+    if dist.distribution == "int":
+        return tune.randint(int(dist.low), int(dist.high) + 1)
+    return tune.choice(list(dist.choices))
+
+
+def param_space(spec: StudySpec) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = dict(NUISANCE_FALLBACKS)
+    nuisance = dict(spec.search_space.nuisance)
+    if spec.searcher.type == "grid":
+        for name, levels in spec.search_space.factors:
+            space[name] = tune.grid_search(list(levels)) if len(levels) > 1 else levels[0]
+        for name, dist in nuisance.items():
+            space[name] = dist.default
+        space["seed"] = tune.grid_search(list(spec.seeds)) if len(spec.seeds) > 1 else spec.seeds[0]
+    else:
+        for name, levels in spec.search_space.factors:
+            space[name] = tune.choice(list(levels)) if len(levels) > 1 else levels[0]
+        for name, dist in nuisance.items():
+            space[name] = _domain(dist)
+        space["seed"] = spec.seeds[0]
+    return space
+
+
+def search_algorithm(spec: StudySpec, study_dir: Path):
+    """None for grid (Tune's variant generator), else an OptunaSearch with sqlite storage."""
+    if spec.searcher.type == "grid":
+        return None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    seed = spec.searcher.seed
+    sampler = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "brute_force": lambda: optuna.samplers.BruteForceSampler(seed=seed),
+    }[spec.searcher.sampler]()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / 'optuna.db').resolve()}")
+    return OptunaSearch(sampler=sampler, storage=storage, study_name=spec.name,
+                        metric=spec.metric.name, mode=spec.metric.mode)
