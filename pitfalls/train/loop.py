@@ -134,6 +134,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
             **summarize(scores),
             "train_frames_per_s": study.budget.steps_per_epoch * p.videos_per_batch * p.seq_len / train_s,
             "epoch_s": time.perf_counter() - t0,
+            "world_size": d.world_size,
         }
         report(metrics)
     return metrics
