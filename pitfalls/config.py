@@ -481,7 +481,7 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
     spec = StudySpec(name=name, description=str(raw.get("description", "")), dataset=dataset,
                      task=task, model=model, budget=budget, resources=resources, searcher=searcher,
                      seeds=tuple(seeds), metric=metric, search_space=space)
-    if not p.items and check_environment:
+    if check_environment:  # runs even after other problems, so one error lists them all
         _check_against_data_and_model(spec, p)
     if p.items:
         raise StudyError(source, p.items)

@@ -1,0 +1,28 @@
+"""A bad study fails before any Ray or MLflow work: one message, nothing written."""
+
+import subprocess
+import sys
+
+import yaml
+
+from tests.helpers import tiny_study
+
+
+def test_bad_study_fails_with_one_message_and_writes_nothing(tmp_path):
+    raw = tiny_study()
+    raw["search_space"]["factors"].update(
+        {"norm": ["weird"], "frozen_stages": [7], "seq_len": [999]})
+    study = tmp_path / "bad.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    storage = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pitfalls.cli", "run", str(study), "--storage", str(storage)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert err.count("error:") == 1
+    for field in ("factors.norm[0]: 'weird'", "factors.frozen_stages[0]: 7",
+                  "factors.seq_len[0]: 999"):
+        assert field in err, err
+    assert not storage.exists()  # no study dir, no MLflow store, no Ray session dir
+    assert "Traceback" not in err

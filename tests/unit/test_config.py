@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pitfalls.config import (StudyError, TrialParams, load_search_space, load_study, parse_study)
+from tests.conftest import ROOT
+from tests.helpers import tiny_study
+
+STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def test_shipped_files_exist():
+    assert STUDIES and SPACES
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_every_shipped_study_validates(path):
+    spec = load_study(path)
+    assert spec.num_trials >= 1
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_every_shipped_search_space_validates(path):
+    space = load_search_space(path)
+    assert {"norm", "frozen_stages", "seq_len", "videos_per_batch"} <= set(space.factor_dict)
+
+
+def test_quickstart_is_a_full_grid_of_at_least_eight_trials():
+    spec = load_study(ROOT / "studies" / "quickstart.yaml")
+    assert spec.searcher.type == "grid"
+    assert spec.num_trials >= 8
+
+
+def test_all_problems_reported_at_once_with_field_value_and_choices():
+    raw = tiny_study()
+    raw["search_space"]["factors"].update(
+        {"norm": ["batch", "bogus"], "frozen_stages": [9], "seq_len": [500]})
+    with pytest.raises(StudyError) as info:
+        parse_study(raw)
+    problems = info.value.problems
+    text = str(info.value)
+    assert len(problems) == 3, text
+    assert "factors.norm[1]: 'bogus'" in text and "valid choices: batch, batch_eval" in text
+    assert "frozen_stages[0]: 9" in text and "valid: 0..4" in text
+    assert "seq_len[0]: 500" in text and "shortest training video" in text
+
+
+def test_structural_errors_are_collected_too():
+    raw = tiny_study(task="segmentation", seeds=[], metric={"name": "acc", "mode": "up"},
+                     searcher={"type": "bayes"}, budget={"epochs": 0})
+    raw["dataset"]["name"] = "kinetics"
+    with pytest.raises(StudyError) as info:
+        parse_study(raw)
+    text = str(info.value)
+    for needle in ("task: 'segmentation'", "seeds: []", "metric.name: 'acc'", "metric.mode: 'up'",
+                   "searcher.type: 'bayes'", "budget.epochs: 0", "dataset.name: 'kinetics'"):
+        assert needle in text, text
+
+
+def test_unknown_backbone_and_unsupported_family():
+    with pytest.raises(StudyError, match="is not a timm model name"):
+        parse_study(tiny_study(model={"backbone": "resnet_does_not_exist"}))
+    with pytest.raises(StudyError, match="is a ConvNeXt"):
+        parse_study(tiny_study(model={"backbone": "test_convnext"}))
+
+
+def test_optuna_with_several_seeds_is_refused():
+    with pytest.raises(StudyError, match="optuna searches with one seed"):
+        parse_study(tiny_study(searcher={"type": "optuna", "num_samples": 2}, seeds=[0, 1]))
+
+
+def test_resolved_study_round_trips(tmp_path):
+    spec = parse_study(tiny_study())
+    text = yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    again = parse_study(yaml.safe_load(text), check_environment=False)
+    assert again == spec
+
+
+def test_search_space_reference_resolves_next_to_study(tmp_path):
+    (tmp_path / "search_spaces").mkdir()
+    raw = tiny_study()
+    (tmp_path / "search_spaces" / "mine.yaml").write_text(yaml.safe_dump(raw["search_space"]))
+    raw["search_space"] = "mine"
+    (tmp_path / "studies").mkdir()
+    study = tmp_path / "studies" / "s.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    assert load_study(study).search_space.name == "mine"
+    raw["search_space"] = "missing"
+    study.write_text(yaml.safe_dump(raw))
+    with pytest.raises(StudyError, match="'missing' was not found; valid choices: mine"):
+        load_study(study)
+
+
+def test_trial_params_from_tune_config():
+    p = TrialParams.from_dict({"norm": "group", "frozen_stages": 1, "seq_len": 4,
+                               "videos_per_batch": 2, "lr": 1e-3, "weight_decay": 0.0, "seed": 3})
+    assert p.as_dict()["seed"] == 3 and isinstance(p.lr, float)

@@ -1,0 +1,44 @@
+import numpy as np
+
+from pitfalls.config import TrialConfig, TrialParams, parse_study
+from pitfalls.train import train, video_scores
+from pitfalls.train.metrics import summarize
+from tests.helpers import tiny_study
+
+
+def _cfg(norm="group", seed=0, **budget):
+    raw = tiny_study(budget={"epochs": 2, "steps_per_epoch": 4, **budget})
+    return TrialConfig(parse_study(raw), TrialParams(norm, 1, 4, 2, 1e-3, 1e-4, seed))
+
+
+def test_train_reports_every_epoch_with_metrics_in_range():
+    reports = []
+    final = train(_cfg(), report=reports.append)
+    assert [r["epoch"] for r in reports] == [1, 2] and final == reports[-1]
+    for r in reports:
+        assert 0 <= r["val_accuracy"] <= 1 and 0 <= r["val_f1"] <= 1
+        assert np.isfinite(r["train_loss"]) and r["train_frames_per_s"] > 0
+        assert r["world_size"] == 1
+
+
+def test_train_is_deterministic_per_seed():
+    a, b, c = train(_cfg(seed=0)), train(_cfg(seed=0)), train(_cfg(seed=1))
+    assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+    assert a["train_loss"] != c["train_loss"]
+
+
+def test_training_reduces_loss():
+    reports = []
+    train(_cfg(norm="batch", epochs=3, steps_per_epoch=15), report=reports.append)
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"]
+
+
+def test_video_scores_closed_form():
+    target = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    acc, f1 = video_scores(pred, target, num_classes=4)
+    assert acc == 4 / 6
+    # class 0: tp1 fp1 fn1 -> 0.5; class 1: tp2 fp1 fn0 -> 0.8; class 2: tp1 fp0 fn1 -> 2/3
+    assert np.isclose(f1, (0.5 + 0.8 + 2 / 3) / 3)
+    s = summarize([(0.5, 0.4), (1.0, 0.8)])
+    assert s["val_accuracy"] == 0.75 and np.isclose(s["val_accuracy_std"], np.std([0.5, 1.0], ddof=1))
