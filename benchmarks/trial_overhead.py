@@ -25,8 +25,9 @@ on this machine's `time.time()` clock:
 * trial start: `run_study(out=...)` prints one line per Tune event (ConsoleProgress); the
   script passes a stream that timestamps each line, so the first line naming a trial is Tune's
   `on_trial_start` for it.  Tune fires that callback once the trial's actor is *running*: for a
-  new actor the process spawn and the actor's imports happen before it, which is why the study
-  table also shows `run_study -> first trial start`.
+  new actor the process spawn and the actor's imports (unpickling the trainable imports
+  `pitfalls.sweep.trial`, hence mlflow and torch) happen before it, which is why the tables also
+  show `run_study -> first trial start` and `gap` (previous trial's end -> this start).
 * trial function entered: the trial's MLflow child run `start_time` (`open_trial_run` is the
   first thing `run_trial` does).
 * first training step: the trial logs `epoch_s` for epoch 1 with a millisecond timestamp taken
@@ -149,7 +150,7 @@ def plain_runs(spec) -> dict[int, dict]:
         params = TrialParams.from_dict({**NUISANCE_FALLBACKS, **factors, "seed": seed})
         reports: list[tuple[float, dict]] = []
         t_call = time.time()
-        train(TrialConfig(spec, params), report=lambda m: reports.append((time.time(), dict(m))))
+        train(TrialConfig(spec, params), report=lambda m, out=reports: out.append((time.time(), dict(m))))
         t_end = time.time()
         t_step1 = reports[0][0] - reports[0][1]["epoch_s"]
         out[seed] = {"call_to_step1": t_step1 - t_call, "wall": t_end - t_call,
@@ -245,7 +246,9 @@ def run_platform(spec, study_dir: Path, echo: bool) -> dict:
     trials = collect_trials(study_dir, stream)
     log = study_dir / "logs" / "ray.log"
     log_lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    ready = [t for t, line in stream.lines if line.startswith("mlflow:")]
     return {"t_call": t_call, "wall": t_done - t_call, "t_done": t_done, "trials": trials,
+            "t_ready": ready[0] if ready else None,
             "completed": outcome.completed, "failed": outcome.failed,
             "log_lines": len(log_lines),
             "log_problems": sum(1 for ln in log_lines if " WARNING " in ln or " ERROR " in ln)}
@@ -269,37 +272,46 @@ def fmt(v, spec: str = "6.1f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(len(format(0.0, spec)))
 
 
+def _delta(r: dict, a: str, b: str) -> float | None:
+    return r[b] - r[a] if r[a] is not None and r[b] is not None else None
+
+
 def print_study(title: str, res: dict, plain: dict[int, dict] | None, slots: int) -> None:
     t0 = res["t_call"]
     trials = res["trials"]
     print(f"\n{title}: {res['completed']} completed, {res['failed']} failed, "
           f"run_study wall {res['wall']:.1f} s")
-    print("  times in s; 'at' = since run_study was called; fn = trial function entered (MLflow run "
-          "start); step1 = first training step")
-    print("  trial        seed    pid | start@  start->fn  fn->step1  start->step1 | epochs "
+    print("  times in s; start@ = Tune's on_trial_start, since run_study was called; gap = from the "
+          "previous trial's end to this start\n  (actor spawn or reset, not in duration_s); fn = trial "
+          "function entered (MLflow run start); step1 = first training step")
+    print("  trial        seed  actor | start@   gap | start->fn  fn->step1  start->step1 | epochs "
           "duration overhead | fps plat  fps plain  ratio")
     pid_names: dict = {}
     for r in trials:
         actor = pid_names.setdefault(r["pid"], f"A{len(pid_names) + 1}") if r["pid"] else "-"
-        d = lambda a, b: (r[b] - r[a]) if r[a] is not None and r[b] is not None else None  # noqa: E731
         p = (plain or {}).get(r["seed"])
         ratio = r["fps"] / p["fps"] if p and r["fps"] else None
         overhead = r["duration_s"] - r["epochs_s"] if r["epochs_s"] is not None else None
+        ended = [q["end"] for q in trials if q.get("end") and r["start"] and q["end"] <= r["start"]]
+        gap = r["start"] - max(ended) if ended else None
         print(f"  {r['trial_id'][:11]:<11} {r['seed']:>4} {actor:>6} | "
-              f"{fmt(r['start'] - t0 if r['start'] else None)}  {fmt(d('start', 'fn'), '9.2f')}"
-              f"  {fmt(d('fn', 'step1'), '9.2f')}  {fmt(d('start', 'step1'), '12.2f')} | "
+              f"{fmt(r['start'] - t0 if r['start'] else None)} {fmt(gap, '5.1f')} | "
+              f"{fmt(_delta(r, 'start', 'fn'), '9.2f')}"
+              f"  {fmt(_delta(r, 'fn', 'step1'), '9.2f')}  {fmt(_delta(r, 'start', 'step1'), '12.2f')} | "
               f"{fmt(r['epochs_s'])} {fmt(r['duration_s'], '8.1f')} {fmt(overhead, '8.1f')} | "
               f"{fmt(r['fps'], '8.0f')}  {fmt(p['fps'] if p else None, '9.0f')}  {fmt(ratio, '5.2f')}")
     starts = [r["start"] for r in trials if r["start"]]
     steps = [r["step1"] for r in trials if r["step1"]]
     ends = [r["end"] for r in trials if r.get("end")]
     busy = sum(r["epochs_s"] or 0 for r in trials)
+    if res["t_ready"]:
+        print(f"  run_study -> study dir + MLflow store and parent run ready: {res['t_ready'] - t0:.1f} s")
     if starts and steps:
         print(f"  run_study -> first trial start (Tuner setup, actor spawn + imports): "
               f"{min(starts) - t0:.1f} s; -> first training step: {min(steps) - t0:.1f} s")
     if ends:
         print(f"  last trial done -> run_study returns: {res['t_done'] - max(ends):.1f} s")
-    print(f"  training (sum of epoch_s) / (wall x {slots} slots): {busy:.1f} / "
+    print(f"  training (sum of epoch_s) / (run_study wall x {slots} slots): {busy:.1f} / "
           f"{res['wall'] * slots:.1f} s = {100 * busy / (res['wall'] * slots):.0f} %")
     print(f"  ray.log: {res['log_lines']} lines, {res['log_problems']} WARNING/ERROR")
 
@@ -337,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         print("plain loop: 2 processes at once, 1 thread each ...", flush=True)
         plain2 = plain_concurrent(args, list(spec.seeds[:2]) if len(spec.seeds) > 1 else [0, 0])
 
+        # mlflow configures its loggers when imported: import it (via the driver) before
+        # init_ray routes them to the study's ray.log, as `pitfalls run` does
+        import pitfalls.sweep.driver  # noqa: F401
         from pitfalls.sweep.runtime import init_ray
 
         study_dir = tmp / "studies" / spec.name
@@ -369,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{statistics.median(x['call_to_step1'] for x in p):.2f} s (median), "
           f"train() wall {statistics.median(x['wall'] for x in p):.2f} s (median), "
           f"{statistics.median(x['fps'] for x in p):.0f} frames/s (median)")
-    print(f"plain loop x2 (2 processes training at once): "
+    print("plain loop x2 (2 processes training at once): "
           + ", ".join(f"{x['fps']:.0f}" for x in plain2) + " frames/s")
     print(f"ray.init (local, 2 CPUs): {ray_init_s:.1f} s")
     print_study(f"1-worker study ({len(spec.seeds)} trials, in-process trials, reuse_actors)",

@@ -5,8 +5,8 @@ A study YAML is parsed exactly once, at the entry point, into a `StudySpec`. Eve
 collects *every* problem and raises one `StudyError` listing them (field path, bad value, valid
 choices) before any Ray, MLflow or training work starts.
 
-This module imports no torch/timm/Ray at module level: checks that need the backbone (stage
-count) import timm lazily.
+This module imports no Ray, Optuna or MLflow. It imports torch (through the norm catalog); the
+checks that need the backbone's structure import timm lazily.
 """
 
 from __future__ import annotations

@@ -17,21 +17,27 @@ RAY_ENV = {
 DRIVER_RESOURCE = "pitfalls_trial_driver"  # lets a multi-worker trial's driver take no CPU
 
 
+_handlers: dict[Path, logging.Handler] = {}
+
+
 def quiet_logging(log_file: Path) -> None:
-    """Route the `ray` loggers (and warnings) to `log_file` instead of the terminal."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    for old in logging.getLogger("ray").handlers:
-        if isinstance(old, logging.FileHandler) and old.baseFilename == str(log_file.resolve()):
-            return
-    handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("ray", "ray.tune", "ray.train", "ray.data", "mlflow", "optuna", "alembic"):
+    """Route the `ray`, `mlflow`, ... loggers (and warnings) to `log_file`, off the terminal.
+
+    Idempotent; call it again after anything that may install its own handlers (ray.init,
+    a first mlflow import).
+    """
+    log_file = log_file.resolve()
+    if log_file not in _handlers:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        _handlers[log_file] = handler
+    handler = _handlers[log_file]
+    for name in ("ray", "mlflow", "optuna", "alembic", "py.warnings"):
         lg = logging.getLogger(name)
         lg.handlers[:] = [handler]
         lg.propagate = False
     logging.captureWarnings(True)
-    logging.getLogger("py.warnings").handlers[:] = [handler]
-    logging.getLogger("py.warnings").propagate = False
 
 
 def init_ray(address: str | None, log_file: Path) -> None:
