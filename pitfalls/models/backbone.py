@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from functools import lru_cache
+from importlib.metadata import version
+from pathlib import Path
 
 import torch
 from torch import nn
 
 # Families whose norm conversion is implemented and tested (widened by later issues).
 SUPPORTED_FAMILIES = ("ResNet",)
+# Structure of the supported timm models, generated for the pinned timm version by
+# `uv run python -c "from pitfalls.models.backbone import write_backbone_table as w; w()"`: lets a study be validated without importing timm
+# (its import alone takes ~7 s on a 2-core machine, mostly torchvision -> torch._dynamo).
+TABLE_PATH = Path(__file__).with_name("backbones.json")
+TABLE_MODULES = ("resnet",)
 
 
 @dataclass(frozen=True)
@@ -41,9 +49,23 @@ def stage_groups(model: nn.Module) -> dict[int, list[str]]:
     return dict(group_modules(model, model.group_matcher(coarse=True)))
 
 
+@lru_cache(maxsize=1)
+def _known_backbones() -> dict[str, dict]:
+    if not TABLE_PATH.is_file():
+        return {}
+    data = json.loads(TABLE_PATH.read_text())
+    return data["models"] if data.get("timm_version") == version("timm") else {}
+
+
 @lru_cache(maxsize=32)
 def backbone_info(name: str) -> BackboneInfo:
-    """Family and stage count of a timm model, built on the meta device (no memory, no download)."""
+    """Family and stage count of a timm model: from the shipped table, else by inspection."""
+    known = _known_backbones().get(name)
+    return BackboneInfo(name, **known) if known else inspect_backbone(name)
+
+
+def inspect_backbone(name: str) -> BackboneInfo:
+    """Build the model on the meta device (no memory, no download) and read its structure."""
     import timm
 
     if not timm.is_model(name):
@@ -59,6 +81,19 @@ def backbone_info(name: str) -> BackboneInfo:
     groups = stage_groups(model)
     return BackboneInfo(name, family, num_stages=len([g for g in groups if g > 0]),
                         num_features=model.num_features)
+
+
+def write_backbone_table(path: Path = TABLE_PATH) -> int:
+    """Regenerate the table for the installed timm; returns the number of models written."""
+    import timm
+
+    models = {}
+    for name in sorted({n for m in TABLE_MODULES for n in timm.list_models(module=m)}):
+        info = inspect_backbone(name)
+        if not info.error:
+            models[name] = {k: v for k, v in asdict(info).items() if k not in ("name", "error")}
+    path.write_text(json.dumps({"timm_version": version("timm"), "models": models}, indent=1) + "\n")
+    return len(models)
 
 
 def freeze_stages(model: nn.Module, frozen_stages: int) -> None:

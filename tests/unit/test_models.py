@@ -95,3 +95,19 @@ def test_model_output_shape_and_carried_state():
         second, _ = model(x[:, 3:], state)
     assert full.shape == (2, 6, 5)
     assert torch.allclose(full, torch.cat([first, second], 1), atol=1e-5)
+
+
+def test_shipped_backbone_table_matches_installed_timm():
+    """The table that lets validation skip importing timm must agree with timm itself."""
+    import json
+    from importlib.metadata import version
+
+    import timm
+
+    from pitfalls.models.backbone import TABLE_PATH, inspect_backbone
+
+    data = json.loads(TABLE_PATH.read_text())
+    assert data["timm_version"] == version("timm"), "regenerate with write_backbone_table()"
+    assert set(data["models"]) == set(timm.list_models(module="resnet"))
+    for name in ("test_resnet", "resnet18", "resnet50d", "resnet10t"):
+        assert backbone_info(name) == inspect_backbone(name)
