@@ -8,17 +8,19 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pitfalls.config import StudyError, load_study
+    from dataclasses import replace
+
+    from pitfalls.config import StudyError, load_study, name_problem
 
     try:
         spec = load_study(args.study)
+        if args.name is not None:
+            if name_problem(args.name):
+                raise StudyError("--name", [f"--name: {args.name!r} {name_problem(args.name)}"])
+            spec = replace(spec, name=args.name)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.name:
-        from dataclasses import replace
-
-        spec = replace(spec, name=args.name)
     from pitfalls.sweep.driver import StudyExistsError, run_study
 
     try:
@@ -27,13 +29,15 @@ def _run(args: argparse.Namespace) -> int:
     except StudyExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print()
-    print(outcome.table_markdown)
-    print(f"results: {outcome.study_dir / 'results.parquet'}")
-    print(f"table:   {outcome.study_dir / 'comparison.md'}")
-    if outcome.failed:
-        print(f"{outcome.failed} of {outcome.completed + outcome.failed} trials failed "
-              f"(errors in results.parquet and MLflow)", file=sys.stderr)
+    if outcome.table_markdown:
+        print()
+        print(outcome.table_markdown)
+        print(f"results: {outcome.study_dir / 'results.parquet'}")
+        print(f"table:   {outcome.study_dir / 'comparison.md'}")
+    if outcome.failed or outcome.unfinished:
+        print(f"{outcome.failed} trial(s) failed, {outcome.unfinished} unfinished, "
+              f"{outcome.completed} completed (errors are in results.parquet and MLflow)",
+              file=sys.stderr)
         return 1
     return 0
 

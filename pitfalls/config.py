@@ -422,6 +422,13 @@ def parse_search_space(raw: Any, name: str, p: _Problems, path: str = "search_sp
     return SearchSpace(name=name, factors=tuple(factors), nuisance=tuple(nuisance))
 
 
+def name_problem(name: Any) -> str | None:
+    """Why `name` cannot name a study (it becomes a directory and an MLflow experiment), or None."""
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ \t'\""):
+        return "must be a non-empty string without spaces, quotes or slashes"
+    return None
+
+
 STUDY_KEYS = ("name", "description", "dataset", "task", "model", "budget", "resources",
               "searcher", "seeds", "metric", "search_space")
 
@@ -437,8 +444,8 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
     raw = _mapping(raw, "study", p)
     _unknown_keys(raw, STUDY_KEYS, "", p)
     name = raw.get("name")
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
-        p.add("name", name, "must be a non-empty string without spaces or slashes")
+    if name_problem(name):
+        p.add("name", name, name_problem(name))
         name = "study"
     dataset = _parse_dataset(raw.get("dataset"), p)
     task = raw.get("task", "phase")

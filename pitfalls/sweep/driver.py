@@ -37,6 +37,7 @@ class StudyOutcome:
     study_dir: Path
     completed: int
     failed: int
+    unfinished: int  # interrupted (Ctrl-C) or never started
     table_markdown: str
 
 
@@ -101,39 +102,40 @@ def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = No
     print(f"mlflow: {study_run.tracking_uri} (experiment {spec.name!r}, parent run "
           f"{study_run.parent_run_id})", file=out, flush=True)
 
-    init_ray(address, study_dir / "logs" / "ray.log")
-    capacity = cluster_capacity()
-    ctx = TrialContext(spec, study_run, str(study_dir))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                    _trial_resources(spec, capacity))
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space(spec),
-        tune_config=tune.TuneConfig(
-            metric=spec.metric.name, mode=spec.metric.mode,
-            search_alg=search_algorithm(spec, study_dir),
-            num_samples=spec.searcher.num_samples if spec.searcher.type == "optuna" else 1,
-            max_concurrent_trials=_max_concurrent(spec, capacity),
-            reuse_actors=spec.resources.workers == 1,
-        ),
-        run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
-            callbacks=[ConsoleProgress(spec, out), ResultsRecorder(spec, study_dir / RESULTS_FILE)],
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
-    )
-    status = "FAILED"
-    try:
-        grid = tuner.fit()
-        failed = sum(1 for r in grid if r.error is not None)
-        completed = len(grid) - failed
-        status = "FINISHED"
+    recorder = ResultsRecorder(spec, study_dir / RESULTS_FILE)
+    try:  # whatever happens from here on, the parent run is closed with an honest status
+        init_ray(address, study_dir / "logs" / "ray.log")
+        capacity = cluster_capacity()
+        ctx = TrialContext(spec, study_run, str(study_dir))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                        _trial_resources(spec, capacity))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric.name, mode=spec.metric.mode,
+                search_alg=search_algorithm(spec, study_dir),
+                num_samples=spec.searcher.num_samples if spec.searcher.type == "optuna" else 1,
+                max_concurrent_trials=_max_concurrent(spec, capacity),
+                reuse_actors=spec.resources.workers == 1,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
+                callbacks=[ConsoleProgress(spec, out), recorder],
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        tuner.fit()
     finally:
-        artifacts = []
-        table = ""
+        statuses = [r["status"] for r in recorder.rows.values()]
+        completed, failed = statuses.count("completed"), statuses.count("failed")
+        unfinished = max(spec.num_trials - completed - failed, 0)
+        status = "FINISHED" if not unfinished else "KILLED"
+        artifacts, table = [], ""
         if (study_dir / RESULTS_FILE).exists():
             table, md_path = write_comparison(study_dir, spec)
             artifacts = [md_path, study_dir / RESULTS_FILE, study_dir / "study.yaml"]
-        close_study_run(study_run, status, artifacts)
-    return StudyOutcome(study_dir, completed, failed, table)
-
+        close_study_run(study_run, status, artifacts,
+                        tags={"pitfalls.completed": completed, "pitfalls.failed": failed,
+                              "pitfalls.unfinished": unfinished})
+    return StudyOutcome(study_dir, completed, failed, unfinished, table)

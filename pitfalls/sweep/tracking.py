@@ -100,6 +100,10 @@ class TrialLogger:
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
     def fail(self, error: BaseException) -> None:
+        """FAILED with the error as a tag; KILLED when the trial was stopped, not broken."""
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.KILLED))
+            return
         text = "".join(traceback.format_exception_only(type(error), error)).strip()
         self.client.set_tag(self.run_id, "pitfalls.error", text[:5000])
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))

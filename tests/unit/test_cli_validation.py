@@ -26,3 +26,14 @@ def test_bad_study_fails_with_one_message_and_writes_nothing(tmp_path):
         assert field in err, err
     assert not storage.exists()  # no study dir, no MLflow store, no Ray session dir
     assert "Traceback" not in err
+
+
+def test_bad_name_override_is_refused(tmp_path):
+    from tests.conftest import ROOT
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pitfalls.cli", "run", str(ROOT / "studies" / "quickstart.yaml"),
+         "--storage", str(tmp_path / "runs"), "--name", "my study"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--name: 'my study'" in proc.stderr
+    assert not (tmp_path / "runs").exists()
