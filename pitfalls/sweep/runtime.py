@@ -11,7 +11,6 @@ RAY_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",
     "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",  # no "Reporting training result ..."
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # no C++ object-store error per trial
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
 }
 DRIVER_RESOURCE = "pitfalls_trial_driver"  # lets a multi-worker trial's driver take no CPU
@@ -45,8 +44,6 @@ def init_ray(address: str | None, log_file: Path) -> None:
     import ray
 
     os.environ.update(RAY_ENV)
-    for k in ("RAY_AIR_NEW_OUTPUT",):
-        os.environ.setdefault(k, "0")
     if ray.is_initialized():
         return
     quiet_logging(log_file)
