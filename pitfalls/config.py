@@ -521,6 +521,11 @@ def _check_against_data_and_model(spec: StudySpec, p: _Problems) -> None:
     if info.error:
         p.add("model.backbone", spec.model.backbone, info.error)
     else:
+        for i, norm in enumerate(factors.get("norm", ())):
+            if norm not in info.norms:
+                p.add(f"search_space.factors.norm[{i}]", norm,
+                      f"is not supported for {info.family} backbones ({spec.model.backbone}); "
+                      f"supported: {', '.join(info.norms)}")
         for i, k in enumerate(factors.get("frozen_stages", ())):
             if k > info.num_stages:
                 p.add(f"search_space.factors.frozen_stages[{i}]", k,
@@ -539,6 +544,12 @@ def _check_against_data_and_model(spec: StudySpec, p: _Problems) -> None:
             p.add(f"search_space.factors.videos_per_batch[{i}]", v,
                   f"exceeds the {len(train_lengths)} training videos (sequences in a batch come "
                   f"from distinct videos); valid: 1..{len(train_lengths)}")
+    if spec.resources.workers > 1 and not spec.resources.gpus_per_worker:
+        for i, norm in enumerate(factors.get("norm", ())):
+            if norm == "sync_batch":
+                p.add(f"search_space.factors.norm[{i}]", norm,
+                      "synchronizes BN across DDP workers on GPUs only (torch's SyncBatchNorm); "
+                      "set resources.gpus_per_worker, or use one worker (then it is plain BN)")
     if spec.resources.workers > 1:
         for i, v in enumerate(factors.get("videos_per_batch", ())):
             if v % spec.resources.workers:

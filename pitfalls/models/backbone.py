@@ -1,9 +1,14 @@
-"""timm backbones: creation (never downloading), structure checks, and stage freezing."""
+"""timm backbones: creation (never downloading), structure, stage freezing, and the support table.
+
+Stages come from timm's `group_matcher(coarse=True)`: group 0 is the stem, then one group per
+stage; a model's head/neck modules that match neither (e.g. ConvNeXt's head norm) are not a
+stage. `frozen_stages = k` freezes the stem and the first k stages.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -11,13 +16,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# Families whose norm conversion is implemented and tested (widened by later issues).
-SUPPORTED_FAMILIES = ("ResNet",)
-# Structure of the supported timm models, generated for the pinned timm version by
-# `uv run python -c "from pitfalls.models.backbone import write_backbone_table as w; w()"`: lets a study be validated without importing timm
-# (its import alone takes ~7 s on a 2-core machine, mostly torchvision -> torch._dynamo).
+from pitfalls.models.norms import NORM_NAMES, convert_norms, stray_norms
+
+# One small representative per family: the support table is measured on these.
+FAMILY_EXAMPLES = {
+    "ResNet": "test_resnet",
+    "RegNet": "regnetx_002",
+    "ConvNeXt": "test_convnext",
+    "EfficientNet": "test_efficientnet",  # also MobileNetV2/MNASNet/... (timm's EfficientNet class)
+    "MobileNetV3": "mobilenetv3_small_050",
+    "NormFreeNet": "test_nfnet",
+}
+TABLE_MODULES = ("resnet", "regnet", "convnext", "efficientnet", "mobilenetv3", "nfnet")
+# Structure of timm's models in those modules and the measured (family, norm) support, for the
+# pinned timm version: lets a study be validated without importing timm (~7 s on 2 cores).
+# Regenerate: uv run python -c "from pitfalls.models.backbone import write_backbone_table as w; w()"
 TABLE_PATH = Path(__file__).with_name("backbones.json")
-TABLE_MODULES = ("resnet",)
+_UNMATCHED = "~unmatched~"  # a module name no group matcher matches: finds the head group
 
 
 @dataclass(frozen=True)
@@ -26,14 +41,23 @@ class BackboneInfo:
     family: str = ""
     num_stages: int = 0
     num_features: int = 0
+    norms: tuple[str, ...] = field(default=())  # norms supported for this family
     error: str = ""
 
 
-def create_backbone(name: str, weights: str | None = None) -> nn.Module:
+def _create_kwargs(family: str, norm: str | None) -> dict:
+    # ConvNeXt's blocks normalize channels-last (nn.LayerNorm on NHWC) unless built with
+    # conv_mlp=True; then every norm is a channels-first LayerNorm2d and swappable. Same
+    # function; the MLP's Linear layers become 1x1 convolutions.
+    return {"conv_mlp": True} if family == "ConvNeXt" and norm is not None else {}
+
+
+def create_backbone(name: str, weights: str | None = None, norm: str | None = None) -> nn.Module:
     """A timm feature extractor (pooled features, no classifier); `weights` is a local file."""
     import timm
 
-    model = timm.create_model(name, pretrained=False, num_classes=0)
+    family = backbone_info(name).family
+    model = timm.create_model(name, pretrained=False, num_classes=0, **_create_kwargs(family, norm))
     if weights:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         missing, _ = model.load_state_dict(state, strict=False)
@@ -42,30 +66,74 @@ def create_backbone(name: str, weights: str | None = None) -> nn.Module:
     return model
 
 
-def stage_groups(model: nn.Module) -> dict[int, list[str]]:
-    """Module names per stage group via timm's `group_matcher(coarse=True)`; group 0 is the stem."""
-    from timm.models import group_modules
+def feature_dim(model: nn.Module) -> int:
+    """Width of the pooled features (MobileNetV3's head conv makes it differ from num_features)."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
-    return dict(group_modules(model, model.group_matcher(coarse=True)))
+
+def stage_groups(model: nn.Module) -> list[list[str]]:
+    """[stem, stage 1, ..., stage N]: names of the modules holding parameters or buffers."""
+    from timm.models._manipulate import group_with_matcher
+
+    names = [n for n, m in model.named_modules() if n and (
+        next(m.parameters(recurse=False), None) is not None
+        or next(m.buffers(recurse=False), None) is not None)]
+    groups = group_with_matcher([(n, n) for n in [*names, _UNMATCHED]],
+                                model.group_matcher(coarse=True))
+    ordered = [groups[k] for k in sorted(groups)]
+    return [[n for n in g if n != _UNMATCHED] for g in ordered if _UNMATCHED not in g]
+
+
+def freeze_stages(model: nn.Module, frozen_stages: int) -> None:
+    """Freeze the stem and the first `frozen_stages` stages.
+
+    Frozen parameters get no gradient, and BN inside frozen stages becomes FrozenBatchNorm2d
+    (timm's `freeze`, fused BN+act included), so its statistics stay fixed even in train mode.
+    """
+    if frozen_stages <= 0:
+        return
+    from timm.utils.model import freeze
+
+    groups = stage_groups(model)
+    if frozen_stages > len(groups) - 1:
+        raise ValueError(f"frozen_stages={frozen_stages} but the backbone has {len(groups) - 1} stages")
+    freeze(model, [n for g in groups[:frozen_stages + 1] for n in g])
+
+
+# ---------------------------------------------------------------------------------------------
+# Structure and support table
+# ---------------------------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=1)
-def _known_backbones() -> dict[str, dict]:
+def _table() -> dict:
     if not TABLE_PATH.is_file():
         return {}
     data = json.loads(TABLE_PATH.read_text())
-    return data["models"] if data.get("timm_version") == version("timm") else {}
+    return data if data.get("timm_version") == version("timm") else {}
 
 
-@lru_cache(maxsize=32)
+def family_support() -> dict[str, tuple[str, ...]]:
+    """family -> supported norms, from the shipped table (else measured now)."""
+    families = _table().get("families")
+    if families:
+        return {f: tuple(v["norms"]) for f, v in families.items()}
+    return {f: measure_support(example) for f, example in FAMILY_EXAMPLES.items()}
+
+
+@lru_cache(maxsize=64)
 def backbone_info(name: str) -> BackboneInfo:
-    """Family and stage count of a timm model: from the shipped table, else by inspection."""
-    known = _known_backbones().get(name)
-    return BackboneInfo(name, **known) if known else inspect_backbone(name)
+    """Family, stage count and supported norms of a timm model: from the table, else inspected."""
+    known = _table().get("models", {}).get(name)
+    info = BackboneInfo(name, **known) if known else inspect_backbone(name)
+    return info if info.error else replace(info, norms=family_support().get(info.family, ()))
 
 
 def inspect_backbone(name: str) -> BackboneInfo:
-    """Build the model on the meta device (no memory, no download) and read its structure."""
+    """Build the model on the meta device (no memory, no download) and read its structure.
+
+    `norms` is left empty here; `backbone_info` adds the family's supported norms.
+    """
     import timm
 
     if not timm.is_model(name):
@@ -75,40 +143,63 @@ def inspect_backbone(name: str) -> BackboneInfo:
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=0)
     family = type(model).__name__
-    if family not in SUPPORTED_FAMILIES:
+    if family not in FAMILY_EXAMPLES:
         return BackboneInfo(name, family=family, error=(
-            f"is a {family}; norm conversion is supported for families: {', '.join(SUPPORTED_FAMILIES)}"))
-    groups = stage_groups(model)
-    return BackboneInfo(name, family, num_stages=len([g for g in groups if g > 0]),
-                        num_features=model.num_features)
+            f"is a {family}; supported families: {', '.join(FAMILY_EXAMPLES)}"))
+    return BackboneInfo(name, family, num_stages=len(stage_groups(model)) - 1,
+                        num_features=feature_dim(model))
+
+
+def measure_support(example: str) -> tuple[str, ...]:
+    """The norms that convert cleanly on `example`: no stray norm left, train/eval forward works."""
+    import timm
+
+    supported = []
+    with torch.device("meta"):
+        family = type(timm.create_model(example, pretrained=False, num_classes=0)).__name__
+    for norm in NORM_NAMES:
+        model = timm.create_model(example, pretrained=False, num_classes=0,
+                                  **_create_kwargs(family, norm))
+        had_norms = bool(stray_norms(model, "none"))
+        model = convert_norms(model, norm)
+        if stray_norms(model, norm) or (not had_norms and norm != "none"):
+            continue  # something left unconverted, or nothing there to convert (norm-free nets)
+        try:
+            x = torch.rand(2, 3, 64, 64)
+            out = model.train()(x), model.eval()(x)
+        except Exception:  # noqa: BLE001 - a failed forward means "unsupported", recorded as such
+            continue
+        if all(o.shape == (2, feature_dim(model)) for o in out):
+            supported.append(norm)
+    return tuple(supported)
 
 
 def write_backbone_table(path: Path = TABLE_PATH) -> int:
     """Regenerate the table for the installed timm; returns the number of models written."""
     import timm
 
+    families = {f: {"example": ex, "norms": list(measure_support(ex))}
+                for f, ex in FAMILY_EXAMPLES.items()}
+    _table.cache_clear()
     models = {}
     for name in sorted({n for m in TABLE_MODULES for n in timm.list_models(module=m)}):
         info = inspect_backbone(name)
         if not info.error:
-            models[name] = {k: v for k, v in asdict(info).items() if k not in ("name", "error")}
-    path.write_text(json.dumps({"timm_version": version("timm"), "models": models}, indent=1) + "\n")
+            models[name] = {"family": info.family, "num_stages": info.num_stages,
+                            "num_features": info.num_features}
+    path.write_text(json.dumps({"timm_version": version("timm"), "families": families,
+                                "models": models}, indent=1) + "\n")
+    _table.cache_clear()
+    backbone_info.cache_clear()
     return len(models)
 
 
-def freeze_stages(model: nn.Module, frozen_stages: int) -> None:
-    """Freeze the stem and the first `frozen_stages` stages (timm stage groups).
-
-    Frozen parameters get no gradient, and BN inside frozen stages becomes FrozenBatchNorm2d
-    (timm's `freeze`), so its statistics stay fixed even in train mode. 0 freezes nothing.
-    """
-    if frozen_stages <= 0:
-        return
-    from timm.utils.model import freeze
-
-    groups = stage_groups(model)
-    stages = sorted(g for g in groups if g > 0)
-    if frozen_stages > len(stages):
-        raise ValueError(f"frozen_stages={frozen_stages} but the backbone has {len(stages)} stages")
-    names = [n for g in [0, *stages[:frozen_stages]] for n in groups[g]]
-    freeze(model, names)
+def support_markdown() -> str:
+    """The (family, norm) support table as Markdown, from the shipped table (docs/norms.md)."""
+    support = family_support()
+    head = ["family (example)", *NORM_NAMES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for family, example in FAMILY_EXAMPLES.items():
+        marks = ["yes" if n in support.get(family, ()) else "–" for n in NORM_NAMES]
+        lines.append(f"| {family} (`{example}`) | " + " | ".join(marks) + " |")
+    return "\n".join(lines) + "\n"

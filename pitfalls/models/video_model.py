@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pitfalls.models.backbone import create_backbone, freeze_stages
+from pitfalls.models.backbone import create_backbone, feature_dim, freeze_stages
 from pitfalls.models.norms import convert_norms
 
 State = tuple[torch.Tensor, torch.Tensor]
@@ -40,7 +40,7 @@ class VideoModel(nn.Module):
 def build_model(backbone: str, norm: str, frozen_stages: int, num_classes: int,
                 hidden_size: int = 64, groups: int = 8, weights: str | None = None) -> VideoModel:
     """Backbone (weights loaded first) -> norm conversion -> stage freezing -> LSTM head."""
-    cnn = create_backbone(backbone, weights)
+    cnn = create_backbone(backbone, weights, norm)
     cnn = convert_norms(cnn, norm, groups)
     freeze_stages(cnn, frozen_stages)
-    return VideoModel(cnn, CausalLSTMHead(cnn.num_features, hidden_size, num_classes))
+    return VideoModel(cnn, CausalLSTMHead(feature_dim(cnn), hidden_size, num_classes))

@@ -62,8 +62,19 @@ def test_structural_errors_are_collected_too():
 def test_unknown_backbone_and_unsupported_family():
     with pytest.raises(StudyError, match="is not a timm model name"):
         parse_study(tiny_study(model={"backbone": "resnet_does_not_exist"}))
-    with pytest.raises(StudyError, match="is a ConvNeXt"):
-        parse_study(tiny_study(model={"backbone": "test_convnext"}))
+    with pytest.raises(StudyError, match="is a VisionTransformer; supported families: ResNet"):
+        parse_study(tiny_study(model={"backbone": "test_vit"}))
+
+
+def test_unsupported_family_norm_pair_and_cpu_sync_batch_are_refused():
+    raw = tiny_study(model={"backbone": "test_nfnet"}, resources={"workers": 2})
+    raw["search_space"]["factors"]["norm"] = ["batch", "none", "sync_batch"]
+    with pytest.raises(StudyError) as info:
+        parse_study(raw)
+    text = str(info.value)
+    assert "norm[0]: 'batch' is not supported for NormFreeNet backbones (test_nfnet); supported: none" in text
+    assert "norm[2]: 'sync_batch' synchronizes BN across DDP workers on GPUs only" in text
+    assert "norm[1]" not in text
 
 
 def test_optuna_with_several_seeds_is_refused():
