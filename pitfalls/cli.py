@@ -1,4 +1,4 @@
-"""`pitfalls run | report`: parse arguments and the study once, then hand over."""
+"""`pitfalls run | report | probe`: parse arguments and the study once, then hand over."""
 
 from __future__ import annotations
 
@@ -56,6 +56,27 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    import json
+
+    from pitfalls.config import StudyError
+    from pitfalls.probes.cli import run
+    from pitfalls.probes.summary import probe_table
+
+    try:
+        results = run(args)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"{args.backbone} norm={args.norm} frozen_stages={args.frozen_stages} "
+              f"seq_len={args.seq_len} (random init, synthetic frames, probed in train mode)")
+        print(probe_table(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitfalls", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild the comparison table of a study directory")
     report.add_argument("study_dir")
     report.set_defaults(func=_report)
+    from pitfalls.probes.cli import add_arguments
+
+    probe = sub.add_parser("probe", help="probe a model for BN pitfalls (leakage, batch dependence, "
+                                         "train/eval gap, stale statistics)")
+    add_arguments(probe)
+    probe.set_defaults(func=_probe)
     return parser
 
 

@@ -77,6 +77,12 @@ class BudgetSpec:
 
 
 @dataclass(frozen=True)
+class EvaluationSpec:
+    precise_bn_batches: int = 0  # >0: recompute BN population statistics before every evaluation
+    probes: bool = False  # run the pitfall probes after the last epoch; results as probe_* metrics
+
+
+@dataclass(frozen=True)
 class ResourceSpec:
     workers: int = 1
     cpus_per_worker: float = 1.0
@@ -137,6 +143,7 @@ class StudySpec:
     metric: MetricSpec
     search_space: SearchSpace
     description: str = ""
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
 
     @property
     def num_trials(self) -> int:
@@ -162,6 +169,7 @@ class StudySpec:
                 "group_norm_groups": self.model.group_norm_groups,
             },
             "budget": asdict(self.budget),
+            "evaluation": asdict(self.evaluation),
             "resources": asdict(self.resources),
             "searcher": searcher,
             "seeds": list(self.seeds),
@@ -429,7 +437,7 @@ def name_problem(name: Any) -> str | None:
     return None
 
 
-STUDY_KEYS = ("name", "description", "dataset", "task", "model", "budget", "resources",
+STUDY_KEYS = ("name", "description", "dataset", "task", "model", "budget", "evaluation", "resources",
               "searcher", "seeds", "metric", "search_space")
 
 
@@ -454,6 +462,10 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
     model = _parse_model(raw.get("model"), p, check_files=check_environment)
     budget = _dataclass_from(BudgetSpec, _mapping(raw.get("budget"), "budget", p), "budget", p,
                              minimums={"epochs": 1, "steps_per_epoch": 1})
+    evaluation = _dataclass_from(EvaluationSpec, _mapping(raw.get("evaluation"), "evaluation", p),
+                                 "evaluation", p, minimums={"precise_bn_batches": 0})
+    if not isinstance(evaluation.probes, bool):
+        p.add("evaluation.probes", evaluation.probes, "must be true or false")
     resources = _dataclass_from(ResourceSpec, _mapping(raw.get("resources"), "resources", p),
                                 "resources", p, minimums={"workers": 1, "cpus_per_worker": 0.01,
                                                           "gpus_per_worker": 0})
@@ -487,7 +499,7 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
 
     spec = StudySpec(name=name, description=str(raw.get("description", "")), dataset=dataset,
                      task=task, model=model, budget=budget, resources=resources, searcher=searcher,
-                     seeds=tuple(seeds), metric=metric, search_space=space)
+                     seeds=tuple(seeds), metric=metric, search_space=space, evaluation=evaluation)
     if check_environment:  # runs even after other problems, so one error lists them all
         _check_against_data_and_model(spec, p)
     if p.items:

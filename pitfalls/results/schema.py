@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 METRICS = ("val_accuracy", "val_f1", "val_loss", "train_loss")
 LOWER_IS_BETTER = frozenset({"val_loss", "train_loss"})
+# Pitfall probes after the last epoch (study option evaluation.probes); null when not run.
+PROBES = ("probe_leak_train", "probe_leak_change_train", "probe_leak_eval", "probe_leak_change_eval",
+          "probe_batch_dependent_train", "probe_batch_change_train", "probe_train_eval_output_gap",
+          "probe_train_eval_accuracy_gap", "probe_stale_mean_shift", "probe_stale_var_ratio")
 PARAM_FIELDS = [
     pa.field("norm", pa.string()),
     pa.field("frozen_stages", pa.int64()),
@@ -27,6 +31,7 @@ SCHEMA = pa.schema(
         *[pa.field(f"final_{m}", pa.float64()) for m in METRICS],
         *[pa.field(f"best_{m}", pa.float64()) for m in METRICS],
         *[pa.field(f"curve_{m}", pa.list_(pa.float64())) for m in METRICS],
+        *[pa.field(name, pa.float64()) for name in PROBES],
         pa.field("duration_s", pa.float64()),
         pa.field("workers", pa.int64()),
     ],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pitfalls.results.schema import LOWER_IS_BETTER, METRICS, PARAM_NAMES, SCHEMA
+from pitfalls.results.schema import LOWER_IS_BETTER, METRICS, PARAM_NAMES, PROBES, SCHEMA
 
 RESULTS_FILE = "results.parquet"
 
@@ -24,6 +24,8 @@ def trial_row(study: str, trial_id: str, params: dict, history: list[dict], *, s
         row[f"curve_{m}"] = curve
         row[f"final_{m}"] = curve[-1] if curve else None
         row[f"best_{m}"] = (min(curve) if m in LOWER_IS_BETTER else max(curve)) if curve else None
+    last = history[-1] if history else {}
+    row.update({k: last.get(k) for k in PROBES})
     return row
 
 

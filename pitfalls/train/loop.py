@@ -11,6 +11,7 @@ rank reports the same metrics.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from pitfalls.config import TrialConfig
 from pitfalls.data.sampler import SequenceSampler
 from pitfalls.data.synthetic import Video, make_videos
+from pitfalls.models.precise_bn import batch_stat_layers, update_bn_stats
 from pitfalls.models.video_model import VideoModel, build_model
 from pitfalls.train.metrics import summarize, video_scores
 
@@ -81,6 +83,17 @@ def _gather(scores: list, loss_sum: float, frames: int, d: Distributed):
     return ([s for p in parts for s in p[0]], sum(p[1] for p in parts), sum(p[2] for p in parts))
 
 
+def _probe(model: VideoModel, val_videos: list[Video], seq_len: int, device: torch.device,
+           train_batches: list[torch.Tensor]) -> dict:
+    """Pitfall probes on the trained model, on the first `seq_len` frames of two val videos."""
+    from pitfalls.probes.summary import probe_model
+
+    picks = [(i % len(val_videos), 0) for i in range(2)]
+    length = min(seq_len, *(len(v) for v in val_videos))
+    clip, labels = make_batch(val_videos, picks, max(length, 2), device)
+    return probe_model(model, clip, labels, train_batches)
+
+
 def train(cfg: TrialConfig, report: Report = lambda m: None,
           device: torch.device | None = None) -> dict:
     """Train one trial; return the last epoch's metrics."""
@@ -104,6 +117,17 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
     per_rank = p.videos_per_batch // d.world_size
     sampler = SequenceSampler([len(v) for v in train_videos], p.seq_len, p.videos_per_batch,
                               np.random.default_rng([p.seed, 7]))
+    # Extra batches (PreciseBN, probes) come from their own RNG: the training draws stay the same.
+    extra = SequenceSampler(sampler.lengths, p.seq_len, p.videos_per_batch,
+                            np.random.default_rng([p.seed, 11]))
+
+    def extra_batches(n: int) -> list[torch.Tensor]:
+        return [make_batch(train_videos, extra.sample()[d.rank * per_rank:(d.rank + 1) * per_rank],
+                           p.seq_len, device)[0] for _ in range(n)]
+
+    if p.norm == "sync_batch" and d.world_size == 1:
+        warnings.warn("norm 'sync_batch' with one worker is plain BatchNorm", stacklevel=2)
+    precise_bn = study.evaluation.precise_bn_batches if batch_stat_layers(model) else 0
     metrics: dict = {}
     for epoch in range(1, study.budget.epochs + 1):
         net.train()
@@ -120,6 +144,8 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
             losses.append(loss.item())
         train_s = time.perf_counter() - t0
 
+        if precise_bn:
+            update_bn_stats(model, extra_batches(precise_bn))
         shard = val_videos[d.rank::d.world_size]
         scores, loss_sum, frames = _gather(*evaluate(model, shard, opts.num_phases, device), d)
         train_loss = float(np.mean(losses))
@@ -136,5 +162,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
             "epoch_s": time.perf_counter() - t0,
             "world_size": d.world_size,
         }
+        if epoch == study.budget.epochs and study.evaluation.probes:
+            metrics.update(_probe(model, val_videos, p.seq_len, device, extra_batches(4)))
         report(metrics)
     return metrics

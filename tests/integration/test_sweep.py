@@ -28,7 +28,7 @@ def _runs(uri: str, experiment: str):
 
 
 def test_grid_sweep_logs_to_a_real_mlflow_server(ray_session, mlflow_server, tmp_path):
-    spec = parse_study(tiny_study(name="grid-server"))
+    spec = parse_study(tiny_study(name="grid-server", evaluation={"probes": True}))
     out = io.StringIO()
     outcome = run_study(spec, tmp_path / "grid-server", tracking_uri=mlflow_server, out=out)
     assert (outcome.completed, outcome.failed) == (2, 0)
@@ -48,6 +48,9 @@ def test_grid_sweep_logs_to_a_real_mlflow_server(ray_session, mlflow_server, tmp
 
     table = pq.read_table(tmp_path / "grid-server" / "results.parquet")
     assert table.num_rows == 2 and set(table["status"].to_pylist()) == {"completed"}
+    leaks = dict(zip(table["norm"].to_pylist(), table["probe_leak_train"].to_pylist()))
+    assert leaks == {"batch": 1.0, "group": 0.0}
+    assert {c.data.params["norm"]: c.data.metrics["probe_leak_train"] for c in children} == leaks
     mlflow_final = {c.data.params["norm"]: c.data.metrics["val_accuracy"] for c in children}
     parquet_final = dict(zip(table["norm"].to_pylist(), table["final_val_accuracy"].to_pylist()))
     assert mlflow_final == pytest.approx(parquet_final)

@@ -42,3 +42,13 @@ def test_video_scores_closed_form():
     assert np.isclose(f1, (0.5 + 0.8 + 2 / 3) / 3)
     s = summarize([(0.5, 0.4), (1.0, 0.8)])
     assert s["val_accuracy"] == 0.75 and np.isclose(s["val_accuracy_std"], np.std([0.5, 1.0], ddof=1))
+
+
+def test_probes_and_precise_bn_as_study_options():
+    raw = tiny_study(budget={"epochs": 1, "steps_per_epoch": 2},
+                     evaluation={"precise_bn_batches": 2, "probes": True})
+    study = parse_study(raw)
+    bn = train(TrialConfig(study, TrialParams("batch", 1, 4, 2, 1e-3, 1e-4, 0)))
+    gn = train(TrialConfig(study, TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0)))
+    assert bn["probe_leak_train"] == 1.0 and gn["probe_leak_train"] == 0.0
+    assert "probe_stale_mean_shift" in bn and "probe_stale_mean_shift" not in gn
