@@ -9,13 +9,15 @@ import pyarrow.compute as pc
 
 
 def comparison_table(results: pa.Table, factors: list[str], metric: str) -> pa.Table:
-    """Group completed trials by `factors`: n, mean, std (ddof=1) of `final_<metric>`; failed count."""
+    """Group completed trials by `factors`: n, mean, std (ddof=1) of `final_<metric>`, failed
+    count, and how many probed trials leaked the future in train mode (`leaks` of `probed`)."""
     column = f"final_{metric}"
     done = results.filter(pc.equal(results["status"], "completed"))
     stats = done.group_by(factors).aggregate([
         (column, "count"), (column, "mean"),
         (column, "stddev", pc.VarianceOptions(ddof=1)),
-    ]).rename_columns([*factors, "n", "mean", "std"])
+        ("probe_leak_train", "sum"), ("probe_leak_train", "count"),
+    ]).rename_columns([*factors, "n", "mean", "std", "leaks", "probed"])
     failed = results.filter(pc.equal(results["status"], "failed"))
     fails = failed.group_by(factors).aggregate([("trial_id", "count")]).rename_columns(
         [*factors, "failed"])
@@ -37,12 +39,17 @@ def to_markdown(table: pa.Table, factors: list[str], metric: str, mode: str) -> 
     rows = table.to_pylist()
     means = [r["mean"] for r in rows if r["mean"] is not None]
     best = (max(means) if mode == "max" else min(means)) if means else None
+    probed = any(r.get("probed") for r in rows)
     head = [*factors, "n", f"{metric} (mean ± std over seeds)", "failed"]
+    if probed:
+        head.append("leaks future (train mode)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         value = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r["mean"] is not None else "–"
         if best is not None and r["mean"] == best:
             value = f"**{value}**"
-        lines.append("| " + " | ".join([*(str(r[f]) for f in factors), str(r["n"]), value,
-                                         str(r["failed"])]) + " |")
+        cells = [*(str(r[f]) for f in factors), str(r["n"]), value, str(r["failed"])]
+        if probed:
+            cells.append(f"{int(r['leaks'] or 0)}/{r['probed'] or 0}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -44,6 +44,7 @@ def init_ray(address: str | None, log_file: Path) -> None:
     import ray
 
     os.environ.update(RAY_ENV)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune configuration box on the terminal
     if ray.is_initialized():
         return
     quiet_logging(log_file)

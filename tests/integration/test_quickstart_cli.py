@@ -43,5 +43,6 @@ def test_quickstart_study_end_to_end(tmp_path):
 
     # nothing of Ray's own logging reaches the terminal
     for noise in ("INFO worker.py", "Started a local Ray instance", "Trial status",
-                  "Creating initial MLflow database"):
+                  "Configuration for experiment", "Creating initial MLflow database", "╭",
+                  "View detailed results", "tensorboard"):
         assert noise not in proc.stdout + proc.stderr, noise
