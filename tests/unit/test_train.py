@@ -52,3 +52,15 @@ def test_probes_and_precise_bn_as_study_options():
     gn = train(TrialConfig(study, TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0)))
     assert bn["probe_leak_train"] == 1.0 and gn["probe_leak_train"] == 0.0
     assert "probe_stale_mean_shift" in bn and "probe_stale_mean_shift" not in gn
+
+
+def test_sync_batch_with_one_worker_says_it_is_plain_bn():
+    import warnings
+
+    raw = tiny_study(budget={"epochs": 1, "steps_per_epoch": 1})
+    cfg = TrialConfig(parse_study(raw), TrialParams("sync_batch", 1, 4, 2, 1e-3, 1e-4, 0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)
+    said = [w for w in caught if "sync_batch" in str(w.message)]
+    assert len(said) == 1 and "plain BatchNorm" in str(said[0].message)
