@@ -68,6 +68,7 @@ class ModelSpec:
     temporal_head: str = "lstm"
     hidden_size: int = 64
     group_norm_groups: int = 8
+    whitening_group_size: int = 16  # channels whitened together by iternorm / swbn / dbn
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class StudySpec:
                 "temporal_head": {"type": self.model.temporal_head,
                                   "hidden_size": self.model.hidden_size},
                 "group_norm_groups": self.model.group_norm_groups,
+                "whitening_group_size": self.model.whitening_group_size,
             },
             "budget": asdict(self.budget),
             "evaluation": asdict(self.evaluation),
@@ -306,7 +308,8 @@ def _parse_dataset(raw: Any, p: _Problems) -> DatasetSpec:
 
 def _parse_model(raw: Any, p: _Problems, check_files: bool = True) -> ModelSpec:
     raw = _mapping(raw, "model", p)
-    _unknown_keys(raw, ["backbone", "weights", "temporal_head", "group_norm_groups"], "model", p)
+    _unknown_keys(raw, ["backbone", "weights", "temporal_head", "group_norm_groups",
+                       "whitening_group_size"], "model", p)
     backbone = raw.get("backbone", ModelSpec.backbone)
     if not isinstance(backbone, str):
         p.add("model.backbone", backbone, "must be a timm model name")
@@ -321,8 +324,9 @@ def _parse_model(raw: Any, p: _Problems, check_files: bool = True) -> ModelSpec:
         p.add("model.temporal_head.type", head_type, _choices(TEMPORAL_HEADS))
     hidden = _number(head, "hidden_size", "model.temporal_head", p, ModelSpec.hidden_size, int, 1)
     groups = _number(raw, "group_norm_groups", "model", p, ModelSpec.group_norm_groups, int, 1)
+    wgs = _number(raw, "whitening_group_size", "model", p, ModelSpec.whitening_group_size, int, 1)
     return ModelSpec(backbone=backbone, weights=weights, temporal_head=head_type,
-                     hidden_size=hidden, group_norm_groups=groups)
+                     hidden_size=hidden, group_norm_groups=groups, whitening_group_size=wgs)
 
 
 def _parse_searcher(raw: Any, p: _Problems) -> SearcherSpec:

@@ -88,7 +88,8 @@ def freeze_stages(model: nn.Module, frozen_stages: int) -> None:
     """Freeze the stem and the first `frozen_stages` stages.
 
     Frozen parameters get no gradient, and BN inside frozen stages becomes FrozenBatchNorm2d
-    (timm's `freeze`, fused BN+act included), so its statistics stay fixed even in train mode.
+    (timm's `freeze`, fused BN+act included), so its statistics stay fixed even in train mode;
+    whitening layers there use their running estimates and stop updating them.
     """
     if frozen_stages <= 0:
         return
@@ -97,7 +98,12 @@ def freeze_stages(model: nn.Module, frozen_stages: int) -> None:
     groups = stage_groups(model)
     if frozen_stages > len(groups) - 1:
         raise ValueError(f"frozen_stages={frozen_stages} but the backbone has {len(groups) - 1} stages")
-    freeze(model, [n for g in groups[:frozen_stages + 1] for n in g])
+    names = [n for g in groups[:frozen_stages + 1] for n in g]
+    freeze(model, names)
+    modules = dict(model.named_modules())
+    for name in names:  # whitening layers keep statistics of their own: stop those too
+        if hasattr(modules.get(name), "freeze_statistics"):
+            modules[name].freeze_statistics()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,11 +11,14 @@ old affine and running statistics, so a converted pretrained model keeps what it
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pitfalls.models.whitening import DBN, SWBN, IterNorm
 
 
 class EvalModeBatchNorm2d(nn.BatchNorm2d):
@@ -41,39 +44,49 @@ class NormAct(nn.Module):
         return self.act(self.drop(self.norm(x)))
 
 
-def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
+@dataclass(frozen=True)
+class NormOptions:
+    groups: int = 8  # GroupNorm groups
+    whitening_group_size: int = 16  # channels whitened together (iternorm, swbn, dbn)
+
+
+def _group_norm(channels: int, o: NormOptions) -> nn.GroupNorm:
     # Rule when channels are not divisible by the requested groups: use gcd(channels, groups),
     # the largest group count <= `groups` that divides both.
-    return nn.GroupNorm(math.gcd(channels, groups), channels)
+    return nn.GroupNorm(math.gcd(channels, o.groups), channels)
 
 
-def _layer_norm(channels: int, groups: int) -> nn.Module:
+def _layer_norm(channels: int, o: NormOptions) -> nn.Module:
     from timm.layers import LayerNorm2d  # channels-only LN over (N, C, H, W), as in ConvNeXt
 
     return LayerNorm2d(channels)
 
 
-def _frozen_batch(channels: int, groups: int) -> nn.Module:
+def _frozen_batch(channels: int, o: NormOptions) -> nn.Module:
     from torchvision.ops.misc import FrozenBatchNorm2d  # the class timm's freeze helpers use
 
     return FrozenBatchNorm2d(channels)
 
 
-NormCtor = Callable[[int, int], nn.Module]
+NormCtor = Callable[[int, NormOptions], nn.Module]
 
 NORMS: dict[str, NormCtor] = {
-    "batch": lambda c, g: nn.BatchNorm2d(c),
-    "batch_eval": lambda c, g: EvalModeBatchNorm2d(c),
+    "batch": lambda c, o: nn.BatchNorm2d(c),
+    "batch_eval": lambda c, o: EvalModeBatchNorm2d(c),
     "frozen_batch": _frozen_batch,
-    "sync_batch": lambda c, g: nn.SyncBatchNorm(c),  # one process: plain BN (torch falls back)
+    "sync_batch": lambda c, o: nn.SyncBatchNorm(c),  # one process: plain BN (torch falls back)
     "group": _group_norm,
     "layer": _layer_norm,
-    "instance": lambda c, g: nn.GroupNorm(c, c),  # per-channel, per-sample: InstanceNorm + affine
-    "none": lambda c, g: nn.Identity(),
+    "instance": lambda c, o: nn.GroupNorm(c, c),  # per-channel, per-sample: InstanceNorm + affine
+    "none": lambda c, o: nn.Identity(),
+    "iternorm": lambda c, o: IterNorm(c, o.whitening_group_size),
+    "swbn": lambda c, o: SWBN(c, o.whitening_group_size),
+    "dbn": lambda c, o: DBN(c, o.whitening_group_size),
 }
 NORM_NAMES = tuple(NORMS)
+WHITENING = frozenset({"iternorm", "swbn", "dbn"})
 # Norms whose train-mode output for one sample depends on the other samples of the batch.
-BATCH_DEPENDENT = frozenset({"batch", "sync_batch"})
+BATCH_DEPENDENT = frozenset({"batch", "sync_batch"}) | WHITENING
 
 
 def _source_types() -> tuple[type, ...]:
@@ -98,12 +111,12 @@ def _copy_state(src: nn.Module, dst: nn.Module) -> None:
                 d.copy_(s)
 
 
-def _replacement(module: nn.Module, norm: str, groups: int) -> nn.Module:
+def _replacement(module: nn.Module, norm: str, options: NormOptions) -> nn.Module:
     if norm == "frozen_batch" and isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         from timm.layers import freeze_batch_norm_2d
 
         return freeze_batch_norm_2d(module)  # BN -> FrozenBN, BatchNormAct2d -> FrozenBatchNormAct2d
-    new = NORMS[norm](_channels(module), groups)
+    new = NORMS[norm](_channels(module), options)
     _copy_state(module, new)
     if isinstance(getattr(module, "act", None), nn.Module):  # a fused norm + activation
         return NormAct(new, getattr(module, "drop", nn.Identity()), module.act)
@@ -117,14 +130,14 @@ def _already(module: nn.Module, norm: str) -> bool:
     return False
 
 
-def convert_norms(module: nn.Module, norm: str, groups: int = 8) -> nn.Module:
+def convert_norms(module: nn.Module, norm: str, options: NormOptions = NormOptions()) -> nn.Module:
     """Replace every channel norm under `module` with `norm`; returns the (new) module."""
     if norm not in NORMS:
         raise ValueError(f"norm {norm!r} is unknown; valid choices: {', '.join(NORM_NAMES)}")
     if isinstance(module, _source_types()):
-        return module if _already(module, norm) else _replacement(module, norm, groups)
+        return module if _already(module, norm) else _replacement(module, norm, options)
     for name, child in module.named_children():
-        new_child = convert_norms(child, norm, groups)
+        new_child = convert_norms(child, norm, options)
         if new_child is not child:
             setattr(module, name, new_child)
     return module
@@ -144,6 +157,9 @@ def _is_target(m: nn.Module, norm: str) -> bool:
         "instance": t is nn.GroupNorm and m.num_groups == m.num_channels,
         "layer": t is LayerNorm2d,
         "none": False,
+        "iternorm": t is IterNorm,
+        "swbn": t is SWBN,
+        "dbn": t is DBN,
     }[norm]
 
 
@@ -152,5 +168,6 @@ def stray_norms(module: nn.Module, norm: str) -> list[str]:
     from timm.layers import FrozenBatchNormAct2d
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    kinds = (*_source_types(), nn.LayerNorm, FrozenBatchNorm2d, FrozenBatchNormAct2d)
+    kinds = (*_source_types(), nn.LayerNorm, FrozenBatchNorm2d, FrozenBatchNormAct2d, IterNorm,
+             SWBN, DBN)
     return [n for n, m in module.named_modules() if isinstance(m, kinds) and not _is_target(m, norm)]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pitfalls.models.backbone import create_backbone, feature_dim, freeze_stages
-from pitfalls.models.norms import convert_norms
+from pitfalls.models.norms import NormOptions, convert_norms
 
 State = tuple[torch.Tensor, torch.Tensor]
 
@@ -38,9 +38,10 @@ class VideoModel(nn.Module):
 
 
 def build_model(backbone: str, norm: str, frozen_stages: int, num_classes: int,
-                hidden_size: int = 64, groups: int = 8, weights: str | None = None) -> VideoModel:
+                hidden_size: int = 64, groups: int = 8, weights: str | None = None,
+                whitening_group_size: int = 16) -> VideoModel:
     """Backbone (weights loaded first) -> norm conversion -> stage freezing -> LSTM head."""
     cnn = create_backbone(backbone, weights, norm)
-    cnn = convert_norms(cnn, norm, groups)
+    cnn = convert_norms(cnn, norm, NormOptions(groups, whitening_group_size))
     freeze_stages(cnn, frozen_stages)
     return VideoModel(cnn, CausalLSTMHead(feature_dim(cnn), hidden_size, num_classes))

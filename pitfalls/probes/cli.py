@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     train_videos, _ = make_videos(study.dataset.options)
     model = build_model(study.model.backbone, p.norm, p.frozen_stages,
                         study.dataset.options.num_phases, study.model.hidden_size,
-                        study.model.group_norm_groups, study.model.weights)
+                        study.model.group_norm_groups, study.model.weights,
+                        study.model.whitening_group_size)
     sampler = SequenceSampler([len(v) for v in train_videos], p.seq_len, max(p.videos_per_batch, 2),
                               np.random.default_rng(p.seed))
     cpu = torch.device("cpu")

@@ -106,7 +106,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
     train_videos, val_videos = make_videos(opts)
     model = build_model(study.model.backbone, p.norm, p.frozen_stages, opts.num_phases,
                         study.model.hidden_size, study.model.group_norm_groups,
-                        study.model.weights).to(device)
+                        study.model.weights, study.model.whitening_group_size).to(device)
     net: torch.nn.Module = model
     if d.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(

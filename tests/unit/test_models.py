@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from pitfalls.models.norms import NormOptions
 from pitfalls.models import NORM_NAMES, EvalModeBatchNorm2d, build_model, convert_norms, create_backbone
 from pitfalls.models.backbone import backbone_info, stage_groups
 
@@ -35,7 +36,7 @@ def test_batch_eval_keeps_statistics_but_trains_affine():
 
 
 def test_group_norm_uses_gcd_when_channels_not_divisible():
-    layer = convert_norms(nn.Sequential(nn.BatchNorm2d(24)), "group", groups=16)[0]
+    layer = convert_norms(nn.Sequential(nn.BatchNorm2d(24)), "group", NormOptions(groups=16))[0]
     assert isinstance(layer, nn.GroupNorm) and layer.num_groups == 8
 
 

@@ -8,7 +8,7 @@ import torch
 
 from pitfalls.models.backbone import (FAMILY_EXAMPLES, create_backbone, family_support,
                                       freeze_stages, stage_groups, support_markdown)
-from pitfalls.models.norms import BATCH_DEPENDENT, convert_norms, stray_norms
+from pitfalls.models.norms import BATCH_DEPENDENT, NORM_NAMES, convert_norms, stray_norms
 from tests.conftest import ROOT
 
 PAIRS = [(f, n) for f, norms in family_support().items() for n in norms]
@@ -25,7 +25,7 @@ def test_every_family_supports_a_norm_and_bn_families_support_all():
     assert set(support) == set(FAMILY_EXAMPLES)
     assert support["NormFreeNet"] == ("none",)  # norm-free: nothing to swap
     for family in ("ResNet", "RegNet", "ConvNeXt", "EfficientNet", "MobileNetV3"):
-        assert len(support[family]) == 8, family
+        assert len(support[family]) == len(NORM_NAMES), family
 
 
 @pytest.mark.parametrize("family,norm", PAIRS)
@@ -56,9 +56,13 @@ def test_fused_activation_is_kept(family):
     assert acts(_model(family, norm)) == before
 
 
-@pytest.mark.parametrize("family", list(FAMILY_EXAMPLES))
-def test_frozen_stages_are_bit_identical_after_a_training_step(family):
-    norm = "batch" if "batch" in family_support()[family] else "none"
+FREEZE_CASES = [(f, n) for f, norms in family_support().items()
+                for n in ("batch", "none", "iternorm", "swbn") if n in norms
+                and not (n == "none" and "batch" in norms)]
+
+
+@pytest.mark.parametrize("family,norm", FREEZE_CASES)
+def test_frozen_stages_are_bit_identical_after_a_training_step(family, norm):
     model = _model(family, norm)
     freeze_stages(model, 2)
     groups = stage_groups(model)

@@ -101,6 +101,16 @@ def test_platform_models_bn_leaks_groupnorm_does_not():
         assert leakage(model, torch.rand(1, 6, 3, 32, 32)).leaks is leaky, norm
 
 
+@pytest.mark.parametrize("norm", ["iternorm", "swbn", "dbn"])
+def test_whitening_norms_are_flagged_in_train_mode_not_in_eval(norm):
+    torch.manual_seed(0)
+    model = build_model("test_resnet", norm, 0, num_classes=4, hidden_size=8).train()
+    clip = torch.rand(2, 6, 3, 32, 32)
+    report = leakage(model, clip)
+    assert report.leaks and not report.results["eval"].flagged
+    assert batch_dependence(model, clip).dependent
+
+
 def test_batch_dependence():
     torch.manual_seed(0)
     bn = FrameCNN(nn.BatchNorm2d(8)).train()
