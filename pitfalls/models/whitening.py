@@ -36,7 +36,10 @@ description rather than its code: the step is divided by G because R's eigenvalu
 paper's KL criterion is not implemented.
 
 DBN (Huang et al., "Decorrelated Batch Normalization", CVPR 2018), for reference: ZCA whitening
-W = V diag(λ + ε)^(-1/2) Vᵀ from a symmetric eigendecomposition of each group's covariance.
+W = V diag(λ + ε)^(-1/2) Vᵀ from a symmetric eigendecomposition of each group's covariance. It
+needs more samples than the group size at every layer (N·H·W > G): with fewer, the covariance is
+rank-deficient and W amplifies the null directions by 1/sqrt(ε) (small late-stage maps and tiny
+batches); IterNorm and SWBN degrade gracefully there.
 """
 
 from __future__ import annotations

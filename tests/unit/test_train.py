@@ -64,3 +64,13 @@ def test_sync_batch_with_one_worker_says_it_is_plain_bn():
         train(cfg)
     said = [w for w in caught if "sync_batch" in str(w.message)]
     assert len(said) == 1 and "plain BatchNorm" in str(said[0].message)
+
+
+def test_whitening_norms_train_end_to_end():
+    import math
+
+
+    for norm in ("iternorm", "swbn", "dbn"):
+        raw = tiny_study(budget={"epochs": 1, "steps_per_epoch": 3})
+        m = train(TrialConfig(parse_study(raw), TrialParams(norm, 1, 4, 2, 1e-3, 1e-4, 0)))
+        assert math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"]), norm
