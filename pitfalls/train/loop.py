@@ -150,7 +150,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
         scores, loss_sum, frames = _gather(*evaluate(model, shard, opts.num_phases, device), d)
         train_loss = float(np.mean(losses))
         if d.world_size > 1:
-            t = torch.tensor([train_loss], dtype=torch.float64)
+            t = torch.tensor([train_loss], dtype=torch.float64, device=device)  # NCCL: on GPU
             dist.all_reduce(t)
             train_loss = t.item() / d.world_size
         metrics = {
