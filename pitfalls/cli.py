@@ -21,12 +21,12 @@ def _run(args: argparse.Namespace) -> int:
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from pitfalls.sweep.driver import StudyExistsError, run_study
+    from pitfalls.sweep.driver import StudySetupError, run_study
 
     try:
         outcome = run_study(spec, Path(args.storage) / spec.name, tracking_uri=args.mlflow_uri,
                             address=args.address)
-    except StudyExistsError as e:
+    except StudySetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if outcome.table_markdown:

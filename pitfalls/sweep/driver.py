@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import uuid
 from dataclasses import dataclass
@@ -23,12 +24,18 @@ import yaml
 
 from pitfalls.config import StudySpec
 from pitfalls.results import RESULTS_FILE
-from pitfalls.sweep.tracking import StudyRun, default_tracking_uri, open_study_run
+from pitfalls.sweep.runtime import quiet_logging
+from pitfalls.sweep.tracking import (StudyRun, check_reachable, default_tracking_uri,
+                                     open_study_run)
 
 TUNE_DIR = "tune"
 
 
-class StudyExistsError(RuntimeError):
+class StudySetupError(RuntimeError):
+    """The study cannot start (nothing has been written): one message for the user."""
+
+
+class StudyExistsError(StudySetupError):
     pass
 
 
@@ -63,25 +70,43 @@ def _trial_resources(spec: StudySpec, capacity: dict[str, float]) -> dict[str, f
 
 
 def prepare_study_dir(spec: StudySpec, study_dir: Path, tracking_uri: str | None) -> StudyRun:
-    """Create the study directory and its MLflow parent run; refuse an existing study."""
+    """Create the study directory and its MLflow parent run; refuse an existing study.
+
+    The MLflow server is checked before anything is written, and a directory this call created
+    is removed again if the parent run cannot be opened: a failed start leaves nothing behind.
+    """
     if (study_dir / "study.yaml").exists():
         raise StudyExistsError(
             f"{study_dir} already holds a study; choose another --name or --storage, "
             f"or delete that directory to start over")
-    study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(study_dir)
+    problem = check_reachable(uri)
+    if problem:
+        raise StudySetupError(f"cannot reach the MLflow tracking server at {uri}: {problem}")
+    created = not study_dir.exists()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    quiet_logging(study_dir / "logs" / "ray.log")  # MLflow's database set-up logs go there too
+    try:
+        run = _open_parent_run(spec, study_dir, uri)
+    except Exception as e:
+        if created:
+            shutil.rmtree(study_dir, ignore_errors=True)
+        raise StudySetupError(f"cannot open the study's MLflow run at {uri}: {e}") from e
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    (study_dir / "state.json").write_text(json.dumps(run.__dict__, indent=2))
+    return run
+
+
+def _open_parent_run(spec: StudySpec, study_dir: Path, uri: str) -> StudyRun:
     artifacts = (study_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     study_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-    run = open_study_run(uri, spec.name, study_id, {
+    return open_study_run(uri, spec.name, study_id, {
         "study": spec.name, "backbone": spec.model.backbone, "task": spec.task,
         "dataset": spec.dataset.name, "searcher": spec.searcher.type,
         "num_trials": spec.num_trials, "epochs": spec.budget.epochs,
         "steps_per_epoch": spec.budget.steps_per_epoch, "workers": spec.resources.workers,
         "seeds": ",".join(map(str, spec.seeds)), "metric": spec.metric.name,
     }, artifact_location=artifacts)
-    (study_dir / "state.json").write_text(json.dumps(run.__dict__, indent=2))
-    return run
 
 
 def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = None,
@@ -90,13 +115,12 @@ def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = No
 
     from pitfalls.results.report import write_comparison
     from pitfalls.sweep.callbacks import ConsoleProgress, ResultsRecorder
-    from pitfalls.sweep.runtime import cluster_capacity, init_ray, quiet_logging
+    from pitfalls.sweep.runtime import cluster_capacity, init_ray
     from pitfalls.sweep.space import param_space, search_algorithm
     from pitfalls.sweep.tracking import close_study_run
     from pitfalls.sweep.trial import TrialContext, run_trial
 
     study_dir = study_dir.resolve()
-    quiet_logging(study_dir / "logs" / "ray.log")
     study_run = prepare_study_dir(spec, study_dir, tracking_uri)
     print(f"study {spec.name}: {spec.num_trials} trials -> {study_dir}", file=out)
     print(f"mlflow: {study_run.tracking_uri} (experiment {spec.name!r}, parent run "

@@ -20,6 +20,23 @@ TRIAL_TAG = "pitfalls.trial_id"
 ROLE_TAG = "pitfalls.role"
 
 
+def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> str | None:
+    """Why an http(s) tracking server cannot be reached, or None. Any HTTP answer counts as
+    reachable; MLflow's own client would instead retry for minutes before failing."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError) as e:
+        return str(getattr(e, "reason", e))
+    return None
+
+
 def default_tracking_uri(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
 

@@ -37,3 +37,17 @@ def test_bad_name_override_is_refused(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--name: 'my study'" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_unreachable_mlflow_server_fails_fast_and_writes_nothing(tmp_path):
+    from tests.conftest import ROOT, _free_port
+
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    proc = subprocess.run(
+        [sys.executable, "-m", "pitfalls.cli", "run", str(ROOT / "studies" / "quickstart.yaml"),
+         "--storage", str(tmp_path / "runs"), "--mlflow-uri", uri],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"cannot reach the MLflow tracking server at {uri}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
