@@ -48,6 +48,24 @@ class StudyOutcome:
     table_markdown: str
 
 
+def resource_problem(spec: StudySpec, capacity: dict[str, float]) -> str | None:
+    """Why no trial of `spec` could ever be scheduled on `capacity`, or None (Tune would wait
+    for the missing resources forever instead of failing)."""
+    r = spec.resources
+    need = {"CPU": r.workers * r.cpus_per_worker, "GPU": r.workers * r.gpus_per_worker}
+    for kind, amount in need.items():
+        if amount > capacity.get(kind, 0):
+            return (f"resources: a trial needs {amount:g} {kind} (workers {r.workers} x "
+                    f"{kind.lower()}s_per_worker) but the cluster has {capacity.get(kind, 0):g}")
+    return None
+
+
+def local_capacity() -> dict[str, float]:
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
 def _max_concurrent(spec: StudySpec, capacity: dict[str, float]) -> int:
     r = spec.resources
     limits = [capacity.get("CPU", 1) // (r.workers * r.cpus_per_worker)]
@@ -121,6 +139,8 @@ def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = No
     from pitfalls.sweep.trial import TrialContext, run_trial
 
     study_dir = study_dir.resolve()
+    if address is None and (problem := resource_problem(spec, local_capacity())):
+        raise StudySetupError(problem)
     study_run = prepare_study_dir(spec, study_dir, tracking_uri)
     print(f"study {spec.name}: {spec.num_trials} trials -> {study_dir}", file=out)
     print(f"mlflow: {study_run.tracking_uri} (experiment {spec.name!r}, parent run "
@@ -130,6 +150,8 @@ def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = No
     try:  # whatever happens from here on, the parent run is closed with an honest status
         init_ray(address, study_dir / "logs" / "ray.log")
         capacity = cluster_capacity()
+        if problem := resource_problem(spec, capacity):
+            raise StudySetupError(problem)
         ctx = TrialContext(spec, study_run, str(study_dir))
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         _trial_resources(spec, capacity))

@@ -51,3 +51,25 @@ def test_unreachable_mlflow_server_fails_fast_and_writes_nothing(tmp_path):
     assert f"cannot reach the MLflow tracking server at {uri}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_resources_this_machine_cannot_give_fail_before_anything_starts(tmp_path):
+    """A GPU trial on a CPU-only machine would wait in Tune forever; it is refused up front."""
+    import os
+
+    import torch
+
+    raw = tiny_study()
+    if torch.cuda.is_available():
+        raw["resources"] = {"workers": 1, "cpus_per_worker": (os.cpu_count() or 1) + 1}
+        needle = "CPU"
+    else:
+        raw["resources"] = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 1}
+        needle = "needs 1 GPU"
+    study = tmp_path / "gpu.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pitfalls.cli", "run", str(study), "--storage", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()
