@@ -23,10 +23,13 @@ def comparison_markdown(study_dir: Path, spec: StudySpec) -> str:
     factors = spec.search_space.varied_factors or [n for n, _ in spec.search_space.factors]
     table = comparison_table(results, factors, spec.metric.name)
     n_done = sum(1 for s in results["status"].to_pylist() if s == "completed")
+    # grid: the trials of a row differ only in their seed; optuna: also in sampled nuisance values
+    over = "seeds" if spec.searcher.type == "grid" else "trials (seed and sampled nuisance values)"
     header = (f"# {spec.name}: {spec.metric.name} ({spec.metric.mode}) at the last epoch\n\n"
               f"{results.num_rows} trials, {n_done} completed, "
-              f"{results.num_rows - n_done} failed; mean ± sample std (ddof=1) over seeds.\n\n")
-    return header + to_markdown(table, factors, spec.metric.name, spec.metric.mode)
+              f"{results.num_rows - n_done} failed; mean ± sample std (ddof=1) over {over}.\n\n")
+    return header + to_markdown(table, factors, spec.metric.name, spec.metric.mode,
+                                "seeds" if spec.searcher.type == "grid" else "trials")
 
 
 def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, Path]:

@@ -34,13 +34,14 @@ def _fmt(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
-def to_markdown(table: pa.Table, factors: list[str], metric: str, mode: str) -> str:
-    """Markdown with the best mean marked; std is '–' where fewer than two seeds completed."""
+def to_markdown(table: pa.Table, factors: list[str], metric: str, mode: str,
+                over: str = "seeds") -> str:
+    """Markdown with the best mean marked; std is '–' where fewer than two trials completed."""
     rows = table.to_pylist()
     means = [r["mean"] for r in rows if r["mean"] is not None]
     best = (max(means) if mode == "max" else min(means)) if means else None
     probed = any(r.get("probed") for r in rows)
-    head = [*factors, "n", f"{metric} (mean ± std over seeds)", "failed"]
+    head = [*factors, "n", f"{metric} (mean ± std over {over})", "failed"]
     if probed:
         head.append("leaks future (train mode)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
