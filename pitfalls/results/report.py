@@ -24,7 +24,7 @@ def comparison_markdown(study_dir: Path, spec: StudySpec) -> str:
     table = comparison_table(results, factors, spec.metric.name)
     n_done = sum(1 for s in results["status"].to_pylist() if s == "completed")
     # grid: the trials of a row differ only in their seed; optuna: also in sampled nuisance values
-    over = "seeds" if spec.searcher.type == "grid" else "trials (seed and sampled nuisance values)"
+    over = "seeds" if spec.searcher.type == "grid" else "trials (one seed, sampled nuisance values)"
     header = (f"# {spec.name}: {spec.metric.name} ({spec.metric.mode}) at the last epoch\n\n"
               f"{results.num_rows} trials, {n_done} completed, "
               f"{results.num_rows - n_done} failed; mean ± sample std (ddof=1) over {over}.\n\n")
