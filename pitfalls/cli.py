@@ -43,14 +43,31 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pitfalls.results.report import load_resolved_study, write_comparison
+    from pitfalls.results.report import comparison_data, load_resolved_study, write_comparison
 
     study_dir = Path(args.study_dir)
     if not (study_dir / "study.yaml").is_file() or not (study_dir / "results.parquet").is_file():
         print(f"error: {study_dir} is not a study directory (needs study.yaml and results.parquet)",
               file=sys.stderr)
         return 2
-    text, path = write_comparison(study_dir, load_resolved_study(study_dir))
+    spec = load_resolved_study(study_dir)
+    if args.format == "json":
+        import json
+
+        print(json.dumps(comparison_data(study_dir, spec), indent=2, default=str))
+        return 0
+    if args.format == "csv":
+        import sys as _sys
+
+        import pyarrow as pa
+        import pyarrow.csv
+
+        rows = comparison_data(study_dir, spec)["combinations"]
+        buf = pa.BufferOutputStream()
+        pyarrow.csv.write_csv(pa.Table.from_pylist(rows), buf)
+        _sys.stdout.write(buf.getvalue().to_pybytes().decode())
+        return 0
+    text, path = write_comparison(study_dir, spec)
     print(text)
     print(f"table: {path}")
     return 0
@@ -94,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     report = sub.add_parser("report", help="rebuild the comparison table of a study directory")
     report.add_argument("study_dir")
+    report.add_argument("--format", choices=("md", "json", "csv"), default="md",
+                        help="md: print and write comparison.md (default); json: every number, "
+                             "machine-readable; csv: the per-combination table")
     report.set_defaults(func=_report)
     from pitfalls.probes.cli import add_arguments
 

@@ -8,7 +8,8 @@ import yaml
 
 from pitfalls.config import StudySpec, parse_study
 from pitfalls.results.store import RESULTS_FILE, read_results
-from pitfalls.results.table import comparison_table, to_markdown
+from pitfalls.results.stats import paired_comparisons
+from pitfalls.results.table import comparison_table, paired_markdown, to_markdown
 
 COMPARISON_FILE = "comparison.md"
 
@@ -18,18 +19,42 @@ def load_resolved_study(study_dir: Path) -> StudySpec:
     return parse_study(raw, source=str(study_dir / "study.yaml"), check_environment=False)
 
 
+def _factors(spec: StudySpec) -> list[str]:
+    return spec.search_space.varied_factors or [n for n, _ in spec.search_space.factors]
+
+
 def comparison_markdown(study_dir: Path, spec: StudySpec) -> str:
     results = read_results(study_dir / RESULTS_FILE)
-    factors = spec.search_space.varied_factors or [n for n, _ in spec.search_space.factors]
+    factors = _factors(spec)
     table = comparison_table(results, factors, spec.metric.name)
     n_done = sum(1 for s in results["status"].to_pylist() if s == "completed")
     # grid: the trials of a row differ only in their seed; optuna: also in sampled nuisance values
     over = "seeds" if spec.searcher.type == "grid" else "trials (one seed, sampled nuisance values)"
     header = (f"# {spec.name}: {spec.metric.name} ({spec.metric.mode}) at the last epoch\n\n"
               f"{results.num_rows} trials, {n_done} completed, "
-              f"{results.num_rows - n_done} failed; mean ± sample std (ddof=1) over {over}.\n\n")
-    return header + to_markdown(table, factors, spec.metric.name, spec.metric.mode,
+              f"{results.num_rows - n_done} failed; mean ± sample std (ddof=1) over {over}, "
+              f"95% t interval.\n\n")
+    text = header + to_markdown(table, factors, spec.metric.name, spec.metric.mode,
                                 "seeds" if spec.searcher.type == "grid" else "trials")
+    if spec.searcher.type == "grid" and spec.search_space.varied_factors:
+        text += ("\n## Paired comparisons\n\nTrials matched on every other factor and the seed; "
+                 "Δ = b − a; Holm-corrected over all rows.\n\n"
+                 + paired_markdown(paired_comparisons(results, factors, spec.metric.name),
+                                   spec.metric.name))
+    return text
+
+
+def comparison_data(study_dir: Path, spec: StudySpec) -> dict:
+    """The same numbers, machine-readable (`pitfalls report --format json`)."""
+    results = read_results(study_dir / RESULTS_FILE)
+    factors = _factors(spec)
+    return {
+        "study": spec.name, "metric": spec.metric.name, "mode": spec.metric.mode,
+        "factors": factors,
+        "combinations": comparison_table(results, factors, spec.metric.name).to_pylist(),
+        "paired": (paired_comparisons(results, factors, spec.metric.name)
+                   if spec.searcher.type == "grid" and spec.search_space.varied_factors else []),
+    }
 
 
 def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, Path]:

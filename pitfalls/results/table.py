@@ -7,6 +7,8 @@ import math
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pitfalls.results.stats import t_interval
+
 
 def comparison_table(results: pa.Table, factors: list[str], metric: str) -> pa.Table:
     """Group completed trials by `factors`: n, mean, std (ddof=1) of `final_<metric>`, failed
@@ -16,8 +18,12 @@ def comparison_table(results: pa.Table, factors: list[str], metric: str) -> pa.T
     stats = done.group_by(factors).aggregate([
         (column, "count"), (column, "mean"),
         (column, "stddev", pc.VarianceOptions(ddof=1)),
-        ("probe_leak_train", "sum"), ("probe_leak_train", "count"),
-    ]).rename_columns([*factors, "n", "mean", "std", "leaks", "probed"])
+        ("probe_leak_train", "sum"), ("probe_leak_train", "count"), (column, "list"),
+    ]).rename_columns([*factors, "n", "mean", "std", "leaks", "probed", "values"])
+    intervals = [t_interval(v) for v in stats["values"].to_pylist()]
+    stats = stats.drop_columns(["values"]).append_column(
+        "ci95_low", pa.array([i[0] for i in intervals], pa.float64())).append_column(
+        "ci95_high", pa.array([i[1] for i in intervals], pa.float64()))
     failed = results.filter(pc.equal(results["status"], "failed"))
     fails = failed.group_by(factors).aggregate([("trial_id", "count")]).rename_columns(
         [*factors, "failed"])
@@ -28,6 +34,20 @@ def comparison_table(results: pa.Table, factors: list[str], metric: str) -> pa.T
                              pc.fill_null(table["failed"], 0))
     table = table.set_column(table.schema.get_field_index("n"), "n", pc.fill_null(table["n"], 0))
     return table.sort_by([(f, "ascending") for f in factors])
+
+
+def paired_markdown(rows: list[dict], metric: str) -> str:
+    """The paired comparisons as Markdown (differences are level_b − level_a)."""
+    def p(x):
+        return "–" if x is None else f"{x:.3g}"
+
+    lines = [f"| factor | a → b | pairs | mean Δ{metric} | d_z | p (t, Holm) | p (Wilcoxon, Holm) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['factor']} | {r['level_a']} → {r['level_b']} | {r['pairs']} | "
+                     f"{_fmt(r['mean_diff'])} | {p(r['d_z'])} | {p(r['p_t_holm'])} | "
+                     f"{p(r['p_wilcoxon_holm'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(x) -> str:
@@ -41,7 +61,7 @@ def to_markdown(table: pa.Table, factors: list[str], metric: str, mode: str,
     means = [r["mean"] for r in rows if r["mean"] is not None]
     best = (max(means) if mode == "max" else min(means)) if means else None
     probed = any(r.get("probed") for r in rows)
-    head = [*factors, "n", f"{metric} (mean ± std over {over})", "failed"]
+    head = [*factors, "n", f"{metric} (mean ± std over {over})", "95% CI", "failed"]
     if probed:
         head.append("leaks future (train mode)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -49,7 +69,8 @@ def to_markdown(table: pa.Table, factors: list[str], metric: str, mode: str,
         value = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r["mean"] is not None else "–"
         if best is not None and r["mean"] == best:
             value = f"**{value}**"
-        cells = [*(str(r[f]) for f in factors), str(r["n"]), value, str(r["failed"])]
+        ci = f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]" if r["ci95_low"] is not None else "–"
+        cells = [*(str(r[f]) for f in factors), str(r["n"]), value, ci, str(r["failed"])]
         if probed:
             cells.append(f"{int(r['leaks'] or 0)}/{r['probed'] or 0}")
         lines.append("| " + " | ".join(cells) + " |")

@@ -40,5 +40,5 @@ def test_comparison_table_mean_std_over_seeds_and_failures(tmp_path):
     assert group["n"] == 1 and group["std"] is None and group["failed"] == 1
     md = to_markdown(comparison_table(read_results(path), ["norm"], "val_accuracy"),
                      ["norm"], "val_accuracy", "max")
-    assert "| batch | 3 | 0.7000 ± 0.2000 | 0 |" in md
-    assert "| group | 1 | **0.8000 ± –** | 1 |" in md
+    assert "| batch | 3 | 0.7000 ± 0.2000 | [0.2032, 1.1968] | 0 |" in md  # t(0.975, 2)·0.2/√3
+    assert "| group | 1 | **0.8000 ± –** | – | 1 |" in md

@@ -1,0 +1,75 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as sps
+
+from pitfalls.cli import main
+from pitfalls.config import parse_study
+from pitfalls.results import read_results, trial_row, write_results
+from pitfalls.results.stats import holm, paired_comparisons, t_interval
+from tests.helpers import tiny_study
+
+
+def test_holm_matches_hand_computation():
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.2, None, 0.9]) == [0.4, None, 0.9]
+
+
+def test_t_interval_closed_form():
+    low, high = t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, df=2) * s / sqrt(n), s = 1
+    assert (low, high) == pytest.approx((2 - half, 2 + half))
+    assert t_interval([5.0]) == (None, None)
+
+
+def _rows(values: dict[tuple, float]):
+    rows = []
+    for i, ((norm, frozen, seed), v) in enumerate(values.items()):
+        params = {"norm": norm, "frozen_stages": frozen, "seq_len": 4, "videos_per_batch": 2,
+                  "lr": 1e-3, "weight_decay": 0.0, "seed": seed}
+        rows.append(trial_row("s", f"t{i}", params, [{"epoch": 1, "val_accuracy": v}],
+                              status="completed", error=None, duration_s=1.0, workers=1))
+    return rows
+
+
+VALUES = {("batch", 0, 0): 0.50, ("group", 0, 0): 0.61, ("batch", 0, 1): 0.40,
+          ("group", 0, 1): 0.55, ("batch", 1, 0): 0.70, ("group", 1, 0): 0.74,
+          ("batch", 1, 1): 0.30, ("group", 1, 1): 0.48}
+
+
+def test_paired_comparisons_match_on_other_factors_and_seed(tmp_path):
+    write_results(tmp_path / "r.parquet", _rows(VALUES))
+    rows = paired_comparisons(read_results(tmp_path / "r.parquet"), ["norm", "frozen_stages"],
+                              "val_accuracy")
+    norm = next(r for r in rows if r["factor"] == "norm")
+    diffs = np.array([VALUES[("group", f, s)] - VALUES[("batch", f, s)] for f in (0, 1) for s in (0, 1)])
+    assert norm["pairs"] == 4 and norm["mean_diff"] == pytest.approx(diffs.mean())
+    assert norm["d_z"] == pytest.approx(diffs.mean() / diffs.std(ddof=1))
+    assert norm["p_t"] == pytest.approx(sps.ttest_rel(diffs, np.zeros(4)).pvalue)
+    assert norm["p_wilcoxon"] == pytest.approx(sps.wilcoxon(diffs).pvalue)
+    assert len(rows) == 2  # norm: batch→group; frozen_stages: 0→1
+    assert [r["p_t_holm"] for r in rows] == pytest.approx(holm([r["p_t"] for r in rows]))
+    assert norm["p_t_holm"] >= norm["p_t"]
+
+
+def test_report_json_and_csv_formats(tmp_path, capsys):
+    raw = tiny_study(seeds=[0, 1])
+    raw["search_space"]["factors"]["frozen_stages"] = [0, 1]
+    spec = parse_study(raw)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_results(tmp_path / "results.parquet", _rows(VALUES))
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["factors"] == ["norm", "frozen_stages"] and len(data["combinations"]) == 4
+    cell = next(c for c in data["combinations"] if c["norm"] == "batch" and c["frozen_stages"] == 0)
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(0.45)
+    assert (cell["ci95_low"], cell["ci95_high"]) == pytest.approx(t_interval([0.5, 0.4]))
+    assert {p["factor"] for p in data["paired"]} == {"norm", "frozen_stages"}
+    assert main(["report", str(tmp_path), "--format", "csv"]) == 0
+    csv = capsys.readouterr().out.splitlines()
+    assert csv[0].startswith('"norm","frozen_stages","n","mean"') and len(csv) == 5
+    assert main(["report", str(tmp_path)]) == 0
+    assert "## Paired comparisons" in (tmp_path / "comparison.md").read_text()
