@@ -8,7 +8,8 @@ import yaml
 
 from pitfalls.config import StudySpec, parse_study
 from pitfalls.results.store import RESULTS_FILE, read_results
-from pitfalls.results.stats import paired_comparisons
+from pitfalls.results.stats import (best_configurations, factor_importance, interactions,
+                                    marginal_effects, paired_comparisons)
 from pitfalls.results.table import comparison_table, paired_markdown, to_markdown
 
 COMPARISON_FILE = "comparison.md"
@@ -36,6 +37,32 @@ def comparison_markdown(study_dir: Path, spec: StudySpec) -> str:
               f"95% t interval.\n\n")
     text = header + to_markdown(table, factors, spec.metric.name, spec.metric.mode,
                                 "seeds" if spec.searcher.type == "grid" else "trials")
+    data = _analysis(results, factors, spec, table.to_pylist())
+    text += "\n## Marginal effects\n\nEach level averaged over the other factors and the seeds.\n\n"
+    text += "| factor | level | n | mean | 95% CI |\n|---|---|---|---|---|\n"
+    for m in data["marginal"]:
+        ci = (f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]" if m["ci95_low"] is not None else "–")
+        text += f"| {m['factor']} | {m['level']} | {m['n']} | {m['mean']:.4f} | {ci} |\n"
+    for inter in data["interactions"]:
+        fa, fb = inter["factors"]
+        levels_b = sorted({c["b"] for c in inter["cells"]}, key=str)
+        text += f"\n## Interaction {fa} × {fb} (mean {spec.metric.name})\n\n"
+        text += f"| {fa} \\ {fb} | " + " | ".join(map(str, levels_b)) + " |\n"
+        text += "|---|" + "---|" * len(levels_b) + "\n"
+        for a in sorted({c["a"] for c in inter["cells"]}, key=str):
+            means = {c["b"]: c["mean"] for c in inter["cells"] if c["a"] == a}
+            text += f"| {a} | " + " | ".join(
+                f"{means[b]:.4f}" if b in means else "–" for b in levels_b) + " |\n"
+    best = data["best"]
+    if best["overall"]:
+        def fmt(c):
+            return ", ".join(f"{f}={c[f]}" for f in factors) + f" ({c['mean']:.4f}, n={c['n']})"
+        text += f"\n## Best configurations ({spec.metric.mode} mean)\n\n- overall: {fmt(best['overall'])}\n"
+        for row in best["per_level"]:
+            text += f"- {row['factor']}={row['level']}: {fmt(row['best'])}\n"
+    if data["importance"]:
+        text += ("\n## Factor importance (Optuna fANOVA)\n\n"
+                 + "\n".join(f"- {k}: {v:.3f}" for k, v in data["importance"].items()) + "\n")
     if spec.searcher.type == "grid" and spec.search_space.varied_factors:
         text += ("\n## Paired comparisons\n\nTrials matched on every other factor and the seed; "
                  "Δ = b − a; Holm-corrected over all rows.\n\n"
@@ -48,12 +75,23 @@ def comparison_data(study_dir: Path, spec: StudySpec) -> dict:
     """The same numbers, machine-readable (`pitfalls report --format json`)."""
     results = read_results(study_dir / RESULTS_FILE)
     factors = _factors(spec)
+    combos = comparison_table(results, factors, spec.metric.name).to_pylist()
     return {
         "study": spec.name, "metric": spec.metric.name, "mode": spec.metric.mode,
-        "factors": factors,
-        "combinations": comparison_table(results, factors, spec.metric.name).to_pylist(),
+        "factors": factors, "combinations": combos,
+        **_analysis(results, factors, spec, combos),
         "paired": (paired_comparisons(results, factors, spec.metric.name)
                    if spec.searcher.type == "grid" and spec.search_space.varied_factors else []),
+    }
+
+
+def _analysis(results, factors: list[str], spec: StudySpec, combos: list[dict]) -> dict:
+    m = spec.metric.name
+    return {
+        "marginal": marginal_effects(results, factors, m),
+        "interactions": interactions(results, factors, m),
+        "best": best_configurations(combos, factors, spec.metric.mode),
+        "importance": factor_importance(results, factors, m, spec.metric.mode),
     }
 
 

@@ -78,3 +78,73 @@ def _compare(factor: str, a, b, diffs: list[float]) -> dict:
         if np.any(d != 0):
             row["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
     return row
+
+
+def _done(results: pa.Table, metric: str) -> list[dict]:
+    rows = results.filter(pc.equal(results["status"], "completed")).to_pylist()
+    return [r for r in rows if r[f"final_{metric}"] is not None]
+
+
+def marginal_effects(results: pa.Table, factors: list[str], metric: str) -> list[dict]:
+    """Per factor and level: mean over the completed trials at that level (in a balanced grid,
+    the average over the other factors' levels and the seeds), n and a 95% t interval."""
+    column, rows, out = f"final_{metric}", _done(results, metric), []
+    for factor in factors:
+        for level in sorted({r[factor] for r in rows}, key=str):
+            values = [r[column] for r in rows if r[factor] == level]
+            low, high = t_interval(values)
+            out.append({"factor": factor, "level": level, "n": len(values),
+                        "mean": float(np.mean(values)), "ci95_low": low, "ci95_high": high})
+    return out
+
+
+def interactions(results: pa.Table, factors: list[str], metric: str) -> list[dict]:
+    """For every pair of factors: the mean over trials per (level_a, level_b) cell."""
+    column, rows, out = f"final_{metric}", _done(results, metric), []
+    for fa, fb in combinations(factors, 2):
+        cells: dict[tuple, list[float]] = {}
+        for r in rows:
+            cells.setdefault((r[fa], r[fb]), []).append(r[column])
+        out.append({"factors": [fa, fb], "cells": [
+            {"a": a, "b": b, "n": len(v), "mean": float(np.mean(v))}
+            for (a, b), v in sorted(cells.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1])))]})
+    return out
+
+
+def best_configurations(combos: list[dict], factors: list[str], mode: str) -> dict:
+    """The best factor combination by mean overall and within each level of each factor."""
+    scored = [c for c in combos if c.get("mean") is not None]
+    if not scored:
+        return {"overall": None, "per_level": []}
+
+    def pick(rows):
+        return (max if mode == "max" else min)(rows, key=lambda c: c["mean"])
+
+    def brief(c):
+        return {**{f: c[f] for f in factors}, "n": c["n"], "mean": c["mean"]}
+
+    per_level = [{"factor": f, "level": level,
+                  "best": brief(pick([c for c in scored if c[f] == level]))}
+                 for f in factors for level in sorted({c[f] for c in scored}, key=str)]
+    return {"overall": brief(pick(scored)), "per_level": per_level}
+
+
+def factor_importance(results: pa.Table, factors: list[str], metric: str, mode: str,
+                      seed: int = 0) -> dict[str, float] | None:
+    """Optuna's fANOVA importance of the factors for the metric (None with < 4 trials or one
+    factor: a random-forest variance decomposition needs some data to split on)."""
+    rows = _done(results, metric)
+    if len(rows) < 4 or len(factors) < 2:
+        return None
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = {f: optuna.distributions.CategoricalDistribution(sorted({r[f] for r in rows}, key=str))
+             for f in factors}
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for r in rows:
+        study.add_trial(optuna.trial.create_trial(
+            params={f: r[f] for f in factors}, distributions=dists, value=r[f"final_{metric}"]))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    return {k: float(v) for k, v in optuna.importance.get_param_importances(
+        study, evaluator=evaluator).items()}

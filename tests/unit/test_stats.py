@@ -73,3 +73,29 @@ def test_report_json_and_csv_formats(tmp_path, capsys):
     assert csv[0].startswith('"norm","frozen_stages","n","mean"') and len(csv) == 5
     assert main(["report", str(tmp_path)]) == 0
     assert "## Paired comparisons" in (tmp_path / "comparison.md").read_text()
+
+
+def test_marginal_effects_interactions_best_and_importance(tmp_path):
+    from pitfalls.results import comparison_table
+    from pitfalls.results.stats import (best_configurations, factor_importance, interactions,
+                                        marginal_effects)
+
+    write_results(tmp_path / "r.parquet", _rows(VALUES))
+    results = read_results(tmp_path / "r.parquet")
+    factors = ["norm", "frozen_stages"]
+    marg = {(m["factor"], m["level"]): m for m in marginal_effects(results, factors, "val_accuracy")}
+    group = [v for (n, _, _), v in VALUES.items() if n == "group"]
+    assert marg[("norm", "group")]["n"] == 4
+    assert marg[("norm", "group")]["mean"] == pytest.approx(np.mean(group))
+    assert (marg[("norm", "group")]["ci95_low"], marg[("norm", "group")]["ci95_high"]) == \
+        pytest.approx(t_interval(group))
+    cells = {(c["a"], c["b"]): c["mean"] for c in interactions(results, factors, "val_accuracy")[0]["cells"]}
+    assert cells[("batch", 1)] == pytest.approx((0.70 + 0.30) / 2)
+    combos = comparison_table(results, factors, "val_accuracy").to_pylist()
+    best = best_configurations(combos, factors, "max")
+    assert (best["overall"]["norm"], best["overall"]["frozen_stages"]) == ("group", 1)
+    worst = best_configurations(combos, factors, "min")["overall"]
+    assert (worst["norm"], worst["frozen_stages"]) == ("batch", 0)  # cell means 0.45 < 0.50
+    importance = factor_importance(results, factors, "val_accuracy", "max")
+    assert set(importance) == set(factors) and sum(importance.values()) == pytest.approx(1.0)
+    assert factor_importance(results, ["norm"], "val_accuracy", "max") is None
