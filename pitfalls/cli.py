@@ -42,34 +42,56 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
-    from pitfalls.results.report import comparison_data, load_resolved_study, write_comparison
+def _report_source(args: argparse.Namespace):
+    """(results table, Analysis, study dir or None) from whichever source was named."""
+    from pitfalls.results.report import analysis_of_study, infer_analysis, load_resolved_study
+    from pitfalls.results.store import RESULTS_FILE, read_results
 
-    study_dir = Path(args.study_dir)
-    if not (study_dir / "study.yaml").is_file() or not (study_dir / "results.parquet").is_file():
-        print(f"error: {study_dir} is not a study directory (needs study.yaml and results.parquet)",
+    if args.mlflow_experiment:
+        from pitfalls.results.mlflow_source import results_from_mlflow
+
+        results = results_from_mlflow(args.mlflow_experiment, args.mlflow_uri)
+        return results, infer_analysis(results, args.mlflow_experiment, args.metric, args.mode), None
+    source = Path(args.source)
+    if source.is_file() and source.suffix == ".parquet":
+        results = read_results(source)
+        return results, infer_analysis(results, source.stem, args.metric, args.mode), None
+    if (source / "study.yaml").is_file() and (source / RESULTS_FILE).is_file():
+        spec = load_resolved_study(source)
+        return read_results(source / RESULTS_FILE), analysis_of_study(spec), source
+    raise ValueError(f"{source} is neither a study directory (study.yaml + {RESULTS_FILE}) "
+                     "nor a .parquet results file")
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+
+    from pitfalls.results.report import COMPARISON_FILE, comparison_data, comparison_markdown
+
+    if not args.source and not args.mlflow_experiment:
+        print("error: name a study directory, a results .parquet file, or --mlflow-experiment",
               file=sys.stderr)
         return 2
-    spec = load_resolved_study(study_dir)
+    try:
+        results, analysis, study_dir = _report_source(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.format == "json":
-        import json
-
-        print(json.dumps(comparison_data(study_dir, spec), indent=2, default=str))
-        return 0
-    if args.format == "csv":
-        import sys as _sys
-
+        print(json.dumps(comparison_data(results, analysis), indent=2, default=str))
+    elif args.format == "csv":
         import pyarrow as pa
         import pyarrow.csv
 
-        rows = comparison_data(study_dir, spec)["combinations"]
         buf = pa.BufferOutputStream()
-        pyarrow.csv.write_csv(pa.Table.from_pylist(rows), buf)
-        _sys.stdout.write(buf.getvalue().to_pybytes().decode())
-        return 0
-    text, path = write_comparison(study_dir, spec)
-    print(text)
-    print(f"table: {path}")
+        pyarrow.csv.write_csv(pa.Table.from_pylist(comparison_data(results, analysis)["combinations"]), buf)
+        sys.stdout.write(buf.getvalue().to_pybytes().decode())
+    else:
+        text = comparison_markdown(results, analysis)
+        print(text)
+        if study_dir is not None:
+            (study_dir / COMPARISON_FILE).write_text(text)
+            print(f"table: {study_dir / COMPARISON_FILE}")
     return 0
 
 
@@ -109,8 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
     run.add_argument("--name", default=None, help="study name (default: the study file's name)")
     run.set_defaults(func=_run)
-    report = sub.add_parser("report", help="rebuild the comparison table of a study directory")
-    report.add_argument("study_dir")
+    report = sub.add_parser("report", help="comparison tables of a study (its directory, a results "
+                                           ".parquet file, or its MLflow experiment)")
+    report.add_argument("source", nargs="?", help="study directory or results .parquet file")
+    report.add_argument("--mlflow-experiment", help="read the trials from this MLflow experiment")
+    report.add_argument("--mlflow-uri", default=None, help="tracking URI for --mlflow-experiment "
+                                                           "(default: $MLFLOW_TRACKING_URI)")
+    report.add_argument("--metric", default="val_accuracy", choices=("val_accuracy", "val_f1",
+                        "val_loss", "train_loss"), help="without a study file (default val_accuracy)")
+    report.add_argument("--mode", default="max", choices=("max", "min"))
     report.add_argument("--format", choices=("md", "json", "csv"), default="md",
                         help="md: print and write comparison.md (default); json: every number, "
                              "machine-readable; csv: the per-combination table")

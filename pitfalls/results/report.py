@@ -1,18 +1,32 @@
-"""`pitfalls report DIR`: rebuild the comparison table from a study directory alone."""
+"""`pitfalls report`: the comparison, from a study directory, a results Parquet file, or an
+MLflow experiment. Every source becomes (results table in the schema, `Analysis`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import yaml
 
-from pitfalls.config import StudySpec, parse_study
-from pitfalls.results.store import RESULTS_FILE, read_results
+from pitfalls.config import CORE_FACTORS, StudySpec, parse_study
 from pitfalls.results.stats import (best_configurations, factor_importance, interactions,
                                     marginal_effects, paired_comparisons)
+from pitfalls.results.store import RESULTS_FILE, read_results
 from pitfalls.results.table import comparison_table, paired_markdown, to_markdown
 
 COMPARISON_FILE = "comparison.md"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What to compare: the factors (table rows), the metric and whether trials can be paired."""
+
+    name: str
+    metric: str
+    mode: str
+    factors: list[str]
+    paired: bool  # trials differ only in factors and seed (grid): paired tests are meaningful
 
 
 def load_resolved_study(study_dir: Path) -> StudySpec:
@@ -20,83 +34,87 @@ def load_resolved_study(study_dir: Path) -> StudySpec:
     return parse_study(raw, source=str(study_dir / "study.yaml"), check_environment=False)
 
 
-def _factors(spec: StudySpec) -> list[str]:
-    return spec.search_space.varied_factors or [n for n, _ in spec.search_space.factors]
+def analysis_of_study(spec: StudySpec) -> Analysis:
+    factors = spec.search_space.varied_factors or [n for n, _ in spec.search_space.factors]
+    return Analysis(spec.name, spec.metric.name, spec.metric.mode, factors,
+                    paired=spec.searcher.type == "grid" and bool(spec.search_space.varied_factors))
 
 
-def comparison_markdown(study_dir: Path, spec: StudySpec) -> str:
-    results = read_results(study_dir / RESULTS_FILE)
-    factors = _factors(spec)
-    table = comparison_table(results, factors, spec.metric.name)
+def infer_analysis(results: pa.Table, name: str, metric: str, mode: str) -> Analysis:
+    """Without a study file: the core factors that vary are the factors; pairing only when the
+    nuisance parameters are the same in every trial (a grid, not a search)."""
+    def distinct(col):
+        return len({v for v in results[col].to_pylist() if v is not None})
+
+    factors = [f for f in CORE_FACTORS if distinct(f) > 1] or ["norm"]
+    fixed_nuisance = all(distinct(c) <= 1 for c in ("lr", "weight_decay"))
+    return Analysis(name, metric, mode, factors, paired=fixed_nuisance)
+
+
+def _analysis(results: pa.Table, a: Analysis, combos: list[dict]) -> dict:
+    return {
+        "marginal": marginal_effects(results, a.factors, a.metric),
+        "interactions": interactions(results, a.factors, a.metric),
+        "best": best_configurations(combos, a.factors, a.mode),
+        "importance": factor_importance(results, a.factors, a.metric, a.mode),
+        "paired": paired_comparisons(results, a.factors, a.metric) if a.paired else [],
+    }
+
+
+def comparison_data(results: pa.Table, a: Analysis) -> dict:
+    """Every number of the report, machine-readable (`--format json`)."""
+    combos = comparison_table(results, a.factors, a.metric).to_pylist()
+    return {"study": a.name, "metric": a.metric, "mode": a.mode, "factors": a.factors,
+            "combinations": combos, **_analysis(results, a, combos)}
+
+
+def _ci(low, high) -> str:
+    return f"[{low:.4f}, {high:.4f}]" if low is not None else "–"
+
+
+def comparison_markdown(results: pa.Table, a: Analysis) -> str:
+    table = comparison_table(results, a.factors, a.metric)
+    data = _analysis(results, a, table.to_pylist())
     n_done = sum(1 for s in results["status"].to_pylist() if s == "completed")
-    # grid: the trials of a row differ only in their seed; optuna: also in sampled nuisance values
-    over = "seeds" if spec.searcher.type == "grid" else "trials (one seed, sampled nuisance values)"
-    header = (f"# {spec.name}: {spec.metric.name} ({spec.metric.mode}) at the last epoch\n\n"
-              f"{results.num_rows} trials, {n_done} completed, "
-              f"{results.num_rows - n_done} failed; mean ± sample std (ddof=1) over {over}, "
-              f"95% t interval.\n\n")
-    text = header + to_markdown(table, factors, spec.metric.name, spec.metric.mode,
-                                "seeds" if spec.searcher.type == "grid" else "trials")
-    data = _analysis(results, factors, spec, table.to_pylist())
-    text += "\n## Marginal effects\n\nEach level averaged over the other factors and the seeds.\n\n"
-    text += "| factor | level | n | mean | 95% CI |\n|---|---|---|---|---|\n"
-    for m in data["marginal"]:
-        ci = (f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]" if m["ci95_low"] is not None else "–")
-        text += f"| {m['factor']} | {m['level']} | {m['n']} | {m['mean']:.4f} | {ci} |\n"
+    over = "seeds" if a.paired else "trials"
+    lines = [f"# {a.name}: {a.metric} ({a.mode}) at the last epoch", "",
+             f"{results.num_rows} trials, {n_done} completed, {results.num_rows - n_done} failed; "
+             f"mean ± sample std (ddof=1) over {over}, 95% t interval.", "",
+             to_markdown(table, a.factors, a.metric, a.mode, over),
+             "## Marginal effects", "", "Each level averaged over the other factors and the seeds.",
+             "", "| factor | level | n | mean | 95% CI |", "|---|---|---|---|---|"]
+    lines += [f"| {m['factor']} | {m['level']} | {m['n']} | {m['mean']:.4f} | "
+              f"{_ci(m['ci95_low'], m['ci95_high'])} |" for m in data["marginal"]]
     for inter in data["interactions"]:
         fa, fb = inter["factors"]
-        levels_b = sorted({c["b"] for c in inter["cells"]}, key=str)
-        text += f"\n## Interaction {fa} × {fb} (mean {spec.metric.name})\n\n"
-        text += f"| {fa} \\ {fb} | " + " | ".join(map(str, levels_b)) + " |\n"
-        text += "|---|" + "---|" * len(levels_b) + "\n"
-        for a in sorted({c["a"] for c in inter["cells"]}, key=str):
-            means = {c["b"]: c["mean"] for c in inter["cells"] if c["a"] == a}
-            text += f"| {a} | " + " | ".join(
-                f"{means[b]:.4f}" if b in means else "–" for b in levels_b) + " |\n"
+        cols = sorted({c["b"] for c in inter["cells"]}, key=str)
+        lines += ["", f"## Interaction {fa} × {fb} (mean {a.metric})", "",
+                  f"| {fa} \\ {fb} | " + " | ".join(map(str, cols)) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for row in sorted({c["a"] for c in inter["cells"]}, key=str):
+            means = {c["b"]: c["mean"] for c in inter["cells"] if c["a"] == row}
+            lines.append(f"| {row} | " + " | ".join(
+                f"{means[b]:.4f}" if b in means else "–" for b in cols) + " |")
     best = data["best"]
     if best["overall"]:
         def fmt(c):
-            return ", ".join(f"{f}={c[f]}" for f in factors) + f" ({c['mean']:.4f}, n={c['n']})"
-        text += f"\n## Best configurations ({spec.metric.mode} mean)\n\n- overall: {fmt(best['overall'])}\n"
-        for row in best["per_level"]:
-            text += f"- {row['factor']}={row['level']}: {fmt(row['best'])}\n"
+            return ", ".join(f"{f}={c[f]}" for f in a.factors) + f" ({c['mean']:.4f}, n={c['n']})"
+        lines += ["", f"## Best configurations ({a.mode} mean)", "",
+                  f"- overall: {fmt(best['overall'])}"]
+        lines += [f"- {r['factor']}={r['level']}: {fmt(r['best'])}" for r in best["per_level"]]
     if data["importance"]:
-        text += ("\n## Factor importance (Optuna fANOVA)\n\n"
-                 + "\n".join(f"- {k}: {v:.3f}" for k, v in data["importance"].items()) + "\n")
-    if spec.searcher.type == "grid" and spec.search_space.varied_factors:
-        text += ("\n## Paired comparisons\n\nTrials matched on every other factor and the seed; "
-                 "Δ = b − a; Holm-corrected over all rows.\n\n"
-                 + paired_markdown(paired_comparisons(results, factors, spec.metric.name),
-                                   spec.metric.name))
-    return text
-
-
-def comparison_data(study_dir: Path, spec: StudySpec) -> dict:
-    """The same numbers, machine-readable (`pitfalls report --format json`)."""
-    results = read_results(study_dir / RESULTS_FILE)
-    factors = _factors(spec)
-    combos = comparison_table(results, factors, spec.metric.name).to_pylist()
-    return {
-        "study": spec.name, "metric": spec.metric.name, "mode": spec.metric.mode,
-        "factors": factors, "combinations": combos,
-        **_analysis(results, factors, spec, combos),
-        "paired": (paired_comparisons(results, factors, spec.metric.name)
-                   if spec.searcher.type == "grid" and spec.search_space.varied_factors else []),
-    }
-
-
-def _analysis(results, factors: list[str], spec: StudySpec, combos: list[dict]) -> dict:
-    m = spec.metric.name
-    return {
-        "marginal": marginal_effects(results, factors, m),
-        "interactions": interactions(results, factors, m),
-        "best": best_configurations(combos, factors, spec.metric.mode),
-        "importance": factor_importance(results, factors, m, spec.metric.mode),
-    }
+        lines += ["", "## Factor importance (Optuna fANOVA)", ""]
+        lines += [f"- {k}: {v:.3f}" for k, v in data["importance"].items()]
+    if data["paired"]:
+        lines += ["", "## Paired comparisons", "",
+                  "Trials matched on every other factor and the seed; Δ = b − a; "
+                  "Holm-corrected over all rows.", "", paired_markdown(data["paired"], a.metric)]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, Path]:
-    text = comparison_markdown(study_dir, spec)
+    """Rebuild `comparison.md` of a study directory from its own files."""
+    text = comparison_markdown(read_results(study_dir / RESULTS_FILE), analysis_of_study(spec))
     path = study_dir / COMPARISON_FILE
     path.write_text(text)
     return text, path

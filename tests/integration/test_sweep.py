@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -66,6 +67,14 @@ def test_grid_sweep_logs_to_a_real_mlflow_server(ray_session, mlflow_server, tmp
                            str(tmp_path / "grid-server")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "grid-server" / "comparison.md").read_text() == before
+
+    # the same comparison from the MLflow experiment alone (a study run elsewhere)
+    proc = subprocess.run([sys.executable, "-m", "pitfalls.cli", "report", "--mlflow-experiment",
+                           "grid-server", "--mlflow-uri", mlflow_server, "--format", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    from_mlflow = {c["norm"]: (c["n"], c["mean"]) for c in json.loads(proc.stdout)["combinations"]}
+    assert from_mlflow == {k: (1, pytest.approx(v)) for k, v in parquet_final.items()}
 
     with pytest.raises(StudyExistsError):
         run_study(spec, tmp_path / "grid-server", tracking_uri=mlflow_server, out=io.StringIO())

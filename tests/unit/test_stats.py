@@ -99,3 +99,12 @@ def test_marginal_effects_interactions_best_and_importance(tmp_path):
     importance = factor_importance(results, factors, "val_accuracy", "max")
     assert set(importance) == set(factors) and sum(importance.values()) == pytest.approx(1.0)
     assert factor_importance(results, ["norm"], "val_accuracy", "max") is None
+
+
+def test_report_from_a_bare_parquet_file_infers_factors(tmp_path, capsys):
+    write_results(tmp_path / "results.parquet", _rows(VALUES))
+    assert main(["report", str(tmp_path / "results.parquet"), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["factors"] == ["norm", "frozen_stages"] and len(data["paired"]) == 2
+    assert main(["report", str(tmp_path / "nothing.txt")]) == 2
+    assert "neither a study directory" in capsys.readouterr().err
