@@ -34,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         print(outcome.table_markdown)
         print(f"results: {outcome.study_dir / 'results.parquet'}")
         print(f"table:   {outcome.study_dir / 'comparison.md'}")
+        print(f"report:  {outcome.study_dir / 'report.html'}")
     if outcome.failed or outcome.unfinished:
         print(f"{outcome.failed} trial(s) failed, {outcome.unfinished} unfinished, "
               f"{outcome.completed} completed (errors are in results.parquet and MLflow)",
@@ -86,6 +87,12 @@ def _report(args: argparse.Namespace) -> int:
         buf = pa.BufferOutputStream()
         pyarrow.csv.write_csv(pa.Table.from_pylist(comparison_data(results, analysis)["combinations"]), buf)
         sys.stdout.write(buf.getvalue().to_pybytes().decode())
+    elif args.format == "html":
+        from pitfalls.results.html import REPORT_FILE, render_html
+
+        path = (study_dir / REPORT_FILE) if study_dir else Path(f"{analysis.name}-{REPORT_FILE}")
+        path.write_text(render_html(results, analysis))
+        print(f"report: {path}")
     else:
         text = comparison_markdown(results, analysis)
         print(text)
@@ -140,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--metric", default="val_accuracy", choices=("val_accuracy", "val_f1",
                         "val_loss", "train_loss"), help="without a study file (default val_accuracy)")
     report.add_argument("--mode", default="max", choices=("max", "min"))
-    report.add_argument("--format", choices=("md", "json", "csv"), default="md",
-                        help="md: print and write comparison.md (default); json: every number, "
-                             "machine-readable; csv: the per-combination table")
+    report.add_argument("--format", choices=("md", "html", "json", "csv"), default="md",
+                        help="md: print (and write comparison.md of a study dir; default); html: "
+                             "a self-contained report with figures (report.html in the study dir, "
+                             "else ./NAME-report.html); json: every number; csv: the table")
     report.set_defaults(func=_report)
     from pitfalls.probes.cli import add_arguments
 

@@ -30,3 +30,21 @@ def tiny_study(**overrides) -> dict:
     study = copy.deepcopy(TINY_STUDY)
     study.update(copy.deepcopy(overrides))
     return study
+
+
+def grid_rows(values: dict[tuple, float]) -> list[dict]:
+    """Result rows of a completed 2 norms x 2 frozen depths x 2 seeds grid with given finals."""
+    from pitfalls.results import trial_row
+
+    rows = []
+    for i, ((norm, frozen, seed), v) in enumerate(values.items()):
+        params = {"norm": norm, "frozen_stages": frozen, "seq_len": 4, "videos_per_batch": 2,
+                  "lr": 1e-3, "weight_decay": 0.0, "seed": seed}
+        rows.append(trial_row("s", f"t{i}", params, [{"epoch": 1, "val_accuracy": v}],
+                              status="completed", error=None, duration_s=1.0, workers=1))
+    return rows
+
+
+GRID_VALUES = {("batch", 0, 0): 0.50, ("group", 0, 0): 0.61, ("batch", 0, 1): 0.40,
+               ("group", 0, 1): 0.55, ("batch", 1, 0): 0.70, ("group", 1, 0): 0.74,
+               ("batch", 1, 1): 0.30, ("group", 1, 1): 0.48}

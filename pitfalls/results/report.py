@@ -112,9 +112,12 @@ def comparison_markdown(results: pa.Table, a: Analysis) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, Path]:
-    """Rebuild `comparison.md` of a study directory from its own files."""
-    text = comparison_markdown(read_results(study_dir / RESULTS_FILE), analysis_of_study(spec))
-    path = study_dir / COMPARISON_FILE
-    path.write_text(text)
-    return text, path
+def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, list[Path]]:
+    """Rebuild `comparison.md` and `report.html` of a study directory from its own files."""
+    from pitfalls.results.html import REPORT_FILE, render_html
+
+    results, analysis = read_results(study_dir / RESULTS_FILE), analysis_of_study(spec)
+    text = comparison_markdown(results, analysis)
+    (study_dir / COMPARISON_FILE).write_text(text)
+    (study_dir / REPORT_FILE).write_text(render_html(results, analysis))
+    return text, [study_dir / COMPARISON_FILE, study_dir / REPORT_FILE]

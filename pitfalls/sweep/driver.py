@@ -179,8 +179,8 @@ def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = No
         status = "FINISHED" if not unfinished else "KILLED"
         artifacts, table = [], ""
         if (study_dir / RESULTS_FILE).exists():
-            table, md_path = write_comparison(study_dir, spec)
-            artifacts = [md_path, study_dir / RESULTS_FILE, study_dir / "study.yaml"]
+            table, report_paths = write_comparison(study_dir, spec)
+            artifacts = [*report_paths, study_dir / RESULTS_FILE, study_dir / "study.yaml"]
         close_study_run(study_run, status, artifacts,
                         tags={"pitfalls.completed": completed, "pitfalls.failed": failed,
                               "pitfalls.unfinished": unfinished})

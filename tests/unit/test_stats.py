@@ -10,6 +10,8 @@ from pitfalls.cli import main
 from pitfalls.config import parse_study
 from pitfalls.results import read_results, trial_row, write_results
 from pitfalls.results.stats import holm, paired_comparisons, t_interval
+from tests.helpers import GRID_VALUES as VALUES
+from tests.helpers import grid_rows as _rows
 from tests.helpers import tiny_study
 
 
@@ -23,21 +25,6 @@ def test_t_interval_closed_form():
     half = 4.302652729911275 / math.sqrt(3)  # t(0.975, df=2) * s / sqrt(n), s = 1
     assert (low, high) == pytest.approx((2 - half, 2 + half))
     assert t_interval([5.0]) == (None, None)
-
-
-def _rows(values: dict[tuple, float]):
-    rows = []
-    for i, ((norm, frozen, seed), v) in enumerate(values.items()):
-        params = {"norm": norm, "frozen_stages": frozen, "seq_len": 4, "videos_per_batch": 2,
-                  "lr": 1e-3, "weight_decay": 0.0, "seed": seed}
-        rows.append(trial_row("s", f"t{i}", params, [{"epoch": 1, "val_accuracy": v}],
-                              status="completed", error=None, duration_s=1.0, workers=1))
-    return rows
-
-
-VALUES = {("batch", 0, 0): 0.50, ("group", 0, 0): 0.61, ("batch", 0, 1): 0.40,
-          ("group", 0, 1): 0.55, ("batch", 1, 0): 0.70, ("group", 1, 0): 0.74,
-          ("batch", 1, 1): 0.30, ("group", 1, 1): 0.48}
 
 
 def test_paired_comparisons_match_on_other_factors_and_seed(tmp_path):
