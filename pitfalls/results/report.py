@@ -27,6 +27,9 @@ class Analysis:
     mode: str
     factors: list[str]
     paired: bool  # trials differ only in factors and seed (grid): paired tests are meaningful
+    # grid studies: every combination of these levels should have `expected` trials (one per seed)
+    levels: dict[str, list] | None = None
+    expected: int | None = None
 
 
 def load_resolved_study(study_dir: Path) -> StudySpec:
@@ -36,8 +39,29 @@ def load_resolved_study(study_dir: Path) -> StudySpec:
 
 def analysis_of_study(spec: StudySpec) -> Analysis:
     factors = spec.search_space.varied_factors or [n for n, _ in spec.search_space.factors]
+    grid = spec.searcher.type == "grid"
+    levels = {f: list(spec.search_space.factor_dict[f]) for f in factors}
     return Analysis(spec.name, spec.metric.name, spec.metric.mode, factors,
-                    paired=spec.searcher.type == "grid" and bool(spec.search_space.varied_factors))
+                    paired=grid and bool(spec.search_space.varied_factors),
+                    levels=levels if grid else None, expected=len(spec.seeds) if grid else None)
+
+
+def _with_missing(table: pa.Table, a: Analysis) -> pa.Table:
+    """Grid studies: add absent combinations and a `missing` count (expected − completed −
+    failed), so unfinished or never-run trials are reported, not silently averaged away."""
+    if a.expected is None or a.levels is None:
+        return table
+    from itertools import product
+
+    rows = table.to_pylist()
+    present = {tuple(r[f] for f in a.factors) for r in rows}
+    for combo in product(*(a.levels[f] for f in a.factors)):
+        if combo not in present:
+            rows.append({**dict(zip(a.factors, combo)), "n": 0, "failed": 0})
+    for r in rows:
+        r["missing"] = max(a.expected - (r.get("n") or 0) - (r.get("failed") or 0), 0)
+    rows.sort(key=lambda r: tuple(str(r[f]) for f in a.factors))
+    return pa.Table.from_pylist(rows)
 
 
 def infer_analysis(results: pa.Table, name: str, metric: str, mode: str) -> Analysis:
@@ -63,7 +87,7 @@ def _analysis(results: pa.Table, a: Analysis, combos: list[dict]) -> dict:
 
 def comparison_data(results: pa.Table, a: Analysis) -> dict:
     """Every number of the report, machine-readable (`--format json`)."""
-    combos = comparison_table(results, a.factors, a.metric).to_pylist()
+    combos = _with_missing(comparison_table(results, a.factors, a.metric), a).to_pylist()
     return {"study": a.name, "metric": a.metric, "mode": a.mode, "factors": a.factors,
             "combinations": combos, **_analysis(results, a, combos)}
 
@@ -73,7 +97,7 @@ def _ci(low, high) -> str:
 
 
 def comparison_markdown(results: pa.Table, a: Analysis) -> str:
-    table = comparison_table(results, a.factors, a.metric)
+    table = _with_missing(comparison_table(results, a.factors, a.metric), a)
     data = _analysis(results, a, table.to_pylist())
     n_done = sum(1 for s in results["status"].to_pylist() if s == "completed")
     over = "seeds" if a.paired else "trials"

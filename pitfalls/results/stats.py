@@ -45,20 +45,25 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
     return adjusted
 
 
+def _completed(results: pa.Table, metric: str) -> pa.Table:
+    done = results.filter(pc.equal(results["status"], "completed"))
+    return done.filter(pc.is_valid(done[f"final_{metric}"]))
+
+
 def paired_comparisons(results: pa.Table, factors: list[str], metric: str) -> list[dict]:
-    """For every varied factor and pair of its levels: paired differences on matched trials."""
-    done = results.filter(pc.equal(results["status"], "completed")).to_pylist()
-    column = f"final_{metric}"
+    """For every varied factor and pair of its levels: paired differences on matched trials
+    (an Arrow join on the other factors and the seed; no Python loop over trials)."""
+    done, column = _completed(results, metric), f"final_{metric}"
     rows = []
     for factor in factors:
-        others = [f for f in factors if f != factor] + ["seed"]
-        by_key: dict[tuple, dict] = {}
-        for r in done:
-            by_key.setdefault(tuple(r[o] for o in others), {})[r[factor]] = r[column]
-        levels = sorted({r[factor] for r in done}, key=str)
+        keys = [f for f in factors if f != factor] + ["seed"]
+        levels = sorted(set(done[factor].to_pylist()), key=str)
         for a, b in combinations(levels, 2):
-            diffs = [cell[b] - cell[a] for cell in by_key.values() if a in cell and b in cell]
-            rows.append(_compare(factor, a, b, diffs))
+            ta = done.filter(pc.equal(done[factor], a)).select([*keys, column]).rename_columns([*keys, "va"])
+            tb = done.filter(pc.equal(done[factor], b)).select([*keys, column]).rename_columns([*keys, "vb"])
+            both = ta.join(tb, keys=keys, join_type="inner")
+            diffs = (both["vb"].to_numpy() - both["va"].to_numpy()) if both.num_rows else []
+            rows.append(_compare(factor, a, b, list(diffs)))
     for key in ("p_t", "p_wilcoxon"):
         for row, adj in zip(rows, holm([r[key] for r in rows])):
             row[f"{key}_holm"] = adj
@@ -67,9 +72,10 @@ def paired_comparisons(results: pa.Table, factors: list[str], metric: str) -> li
 
 def _compare(factor: str, a, b, diffs: list[float]) -> dict:
     d = np.asarray(diffs, dtype=np.float64)
+    low, high = t_interval(list(d))
     row = {"factor": factor, "level_a": a, "level_b": b, "pairs": len(d),
-           "mean_diff": float(d.mean()) if len(d) else None, "d_z": None, "p_t": None,
-           "p_wilcoxon": None}
+           "mean_diff": float(d.mean()) if len(d) else None, "diff_ci95_low": low,
+           "diff_ci95_high": high, "d_z": None, "p_t": None, "p_wilcoxon": None}
     if len(d) >= 2:
         sd = d.std(ddof=1)
         row["d_z"] = float(d.mean() / sd) if sd > 0 else None
@@ -80,34 +86,28 @@ def _compare(factor: str, a, b, diffs: list[float]) -> dict:
     return row
 
 
-def _done(results: pa.Table, metric: str) -> list[dict]:
-    rows = results.filter(pc.equal(results["status"], "completed")).to_pylist()
-    return [r for r in rows if r[f"final_{metric}"] is not None]
-
-
 def marginal_effects(results: pa.Table, factors: list[str], metric: str) -> list[dict]:
     """Per factor and level: mean over the completed trials at that level (in a balanced grid,
     the average over the other factors' levels and the seeds), n and a 95% t interval."""
-    column, rows, out = f"final_{metric}", _done(results, metric), []
+    done, column, out = _completed(results, metric), f"final_{metric}", []
     for factor in factors:
-        for level in sorted({r[factor] for r in rows}, key=str):
-            values = [r[column] for r in rows if r[factor] == level]
+        grouped = done.group_by([factor]).aggregate([(column, "list")]).to_pylist()
+        for g in sorted(grouped, key=lambda g: str(g[factor])):
+            values = g[f"{column}_list"]
             low, high = t_interval(values)
-            out.append({"factor": factor, "level": level, "n": len(values),
+            out.append({"factor": factor, "level": g[factor], "n": len(values),
                         "mean": float(np.mean(values)), "ci95_low": low, "ci95_high": high})
     return out
 
 
 def interactions(results: pa.Table, factors: list[str], metric: str) -> list[dict]:
     """For every pair of factors: the mean over trials per (level_a, level_b) cell."""
-    column, rows, out = f"final_{metric}", _done(results, metric), []
+    done, column, out = _completed(results, metric), f"final_{metric}", []
     for fa, fb in combinations(factors, 2):
-        cells: dict[tuple, list[float]] = {}
-        for r in rows:
-            cells.setdefault((r[fa], r[fb]), []).append(r[column])
+        cells = done.group_by([fa, fb]).aggregate([(column, "count"), (column, "mean")]).to_pylist()
         out.append({"factors": [fa, fb], "cells": [
-            {"a": a, "b": b, "n": len(v), "mean": float(np.mean(v))}
-            for (a, b), v in sorted(cells.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1])))]})
+            {"a": c[fa], "b": c[fb], "n": c[f"{column}_count"], "mean": c[f"{column}_mean"]}
+            for c in sorted(cells, key=lambda c: (str(c[fa]), str(c[fb])))]})
     return out
 
 
@@ -129,13 +129,22 @@ def best_configurations(combos: list[dict], factors: list[str], mode: str) -> di
     return {"overall": brief(pick(scored)), "per_level": per_level}
 
 
+IMPORTANCE_MAX_TRIALS = 2000
+
+
 def factor_importance(results: pa.Table, factors: list[str], metric: str, mode: str,
                       seed: int = 0) -> dict[str, float] | None:
     """Optuna's fANOVA importance of the factors for the metric (None with < 4 trials or one
-    factor: a random-forest variance decomposition needs some data to split on)."""
-    rows = _done(results, metric)
-    if len(rows) < 4 or len(factors) < 2:
+    factor: a random-forest variance decomposition needs some data to split on). Above
+    IMPORTANCE_MAX_TRIALS completed trials a seeded random subset of that size is used: the
+    forest's cost grows with the trials, the importance estimate hardly does."""
+    done = _completed(results, metric)
+    if done.num_rows < 4 or len(factors) < 2:
         return None
+    if done.num_rows > IMPORTANCE_MAX_TRIALS:
+        pick = np.random.default_rng(seed).choice(done.num_rows, IMPORTANCE_MAX_TRIALS, replace=False)
+        done = done.take(pa.array(np.sort(pick)))
+    rows = done.select([*factors, f"final_{metric}"]).to_pylist()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -39,4 +39,10 @@ def write_results(path: Path, rows: list[dict]) -> None:
 
 
 def read_results(path: Path) -> pa.Table:
-    return pq.read_table(path)
+    """Read a results file of any schema version as the current schema: columns added since
+    (e.g. version 2's probe columns) come back as nulls."""
+    table = pq.read_table(path)
+    for field in SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(SCHEMA.names).replace_schema_metadata(SCHEMA.metadata)

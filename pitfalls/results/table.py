@@ -58,20 +58,25 @@ def to_markdown(table: pa.Table, factors: list[str], metric: str, mode: str,
                 over: str = "seeds") -> str:
     """Markdown with the best mean marked; std is '–' where fewer than two trials completed."""
     rows = table.to_pylist()
-    means = [r["mean"] for r in rows if r["mean"] is not None]
+    means = [r["mean"] for r in rows if r.get("mean") is not None]
     best = (max(means) if mode == "max" else min(means)) if means else None
     probed = any(r.get("probed") for r in rows)
+    missing = "missing" in table.column_names
     head = [*factors, "n", f"{metric} (mean ± std over {over})", "95% CI", "failed"]
+    if missing:
+        head.append("missing")
     if probed:
         head.append("leaks future (train mode)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        value = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r["mean"] is not None else "–"
-        if best is not None and r["mean"] == best:
+        value = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r.get("mean") is not None else "–"
+        if best is not None and r.get("mean") == best:
             value = f"**{value}**"
-        ci = f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]" if r["ci95_low"] is not None else "–"
+        ci = f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]" if r.get("ci95_low") is not None else "–"
         cells = [*(str(r[f]) for f in factors), str(r["n"]), value, ci, str(r["failed"])]
+        if missing:
+            cells.append(str(r["missing"]))
         if probed:
-            cells.append(f"{int(r['leaks'] or 0)}/{r['probed'] or 0}")
+            cells.append(f"{int(r.get('leaks') or 0)}/{r.get('probed') or 0}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -42,3 +42,17 @@ def test_comparison_table_mean_std_over_seeds_and_failures(tmp_path):
                      ["norm"], "val_accuracy", "max")
     assert "| batch | 3 | 0.7000 ± 0.2000 | [0.2032, 1.1968] | 0 |" in md  # t(0.975, 2)·0.2/√3
     assert "| group | 1 | **0.8000 ± –** | – | 1 |" in md
+
+
+def test_version_1_files_read_as_the_current_schema(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pitfalls.results.schema import PROBES, SCHEMA
+
+    old = pa.Table.from_pylist([_row("a", "batch", 0, [0.5])], schema=SCHEMA)
+    old = old.drop_columns(list(PROBES)).replace_schema_metadata({"pitfalls.schema_version": "1"})
+    pq.write_table(old, tmp_path / "v1.parquet")
+    t = read_results(tmp_path / "v1.parquet")
+    assert t.schema.equals(SCHEMA) and t["probe_leak_train"].null_count == 1
+    assert t["final_val_accuracy"].to_pylist() == [0.5]

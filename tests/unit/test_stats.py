@@ -95,3 +95,63 @@ def test_report_from_a_bare_parquet_file_infers_factors(tmp_path, capsys):
     assert data["factors"] == ["norm", "frozen_stages"] and len(data["paired"]) == 2
     assert main(["report", str(tmp_path / "nothing.txt")]) == 2
     assert "neither a study directory" in capsys.readouterr().err
+
+
+def _simulated(rng, effect: float, seeds: int = 8) -> "pa.Table":
+    """A known truth: factor `norm` shifts the metric by `effect`, `frozen_stages` does nothing.
+    Each seed has its own offset shared by all arms (what pairing removes), plus trial noise."""
+    import pyarrow as pa
+
+    from pitfalls.results.schema import SCHEMA
+    from pitfalls.results.store import trial_row
+
+    rows = []
+    for seed in range(seeds):
+        offset = rng.normal(0, 0.1)
+        for norm in ("batch", "group"):
+            for frozen in (0, 2):
+                v = 0.6 + offset + (effect if norm == "group" else 0.0) + rng.normal(0, 0.02)
+                params = {"norm": norm, "frozen_stages": frozen, "seq_len": 8,
+                          "videos_per_batch": 2, "lr": 1e-3, "weight_decay": 0.0, "seed": seed}
+                rows.append(trial_row("sim", f"{seed}-{norm}-{frozen}", params,
+                                      [{"epoch": 1, "val_accuracy": v}], status="completed",
+                                      error=None, duration_s=1.0, workers=1))
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def test_known_truth_real_effect_found_with_right_sign_and_covering_interval():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(50):
+        rows = paired_comparisons(_simulated(rng, 0.05), ["norm", "frozen_stages"], "val_accuracy")
+        norm = next(r for r in rows if r["factor"] == "norm")
+        assert norm["p_t_holm"] < 0.05 and norm["mean_diff"] > 0  # group - batch = +0.05
+        covered += norm["diff_ci95_low"] <= 0.05 <= norm["diff_ci95_high"]
+    assert covered >= 44  # a 95% interval: expect ~47.5 of 50; 44 is ~2.5 binomial sd below
+
+
+def test_known_truth_null_factor_rejected_at_about_the_nominal_rate():
+    rng = np.random.default_rng(1)
+    rejections = 0
+    runs = 300
+    for _ in range(runs):
+        rows = paired_comparisons(_simulated(rng, 0.05), ["norm", "frozen_stages"], "val_accuracy")
+        frozen = next(r for r in rows if r["factor"] == "frozen_stages")
+        rejections += frozen["p_t"] < 0.05
+    # nominal 5% of 300 = 15; binomial sd ≈ 3.8: accept 5..28 (about ±2.5 sd and a little more)
+    assert 5 <= rejections <= 28, rejections
+
+
+def test_failed_and_missing_trials_are_reported_not_averaged(tmp_path, capsys):
+    rows = _rows(VALUES)
+    rows[0]["status"], rows[0]["error"] = "failed", "boom"  # batch/0/seed0 failed
+    del rows[1]  # group/0/seed0 never ran
+    raw = tiny_study(seeds=[0, 1])
+    raw["search_space"]["factors"]["frozen_stages"] = [0, 1]
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(parse_study(raw).to_dict(), sort_keys=False))
+    write_results(tmp_path / "results.parquet", rows)
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    combos = {(c["norm"], c["frozen_stages"]): c for c in json.loads(capsys.readouterr().out)["combinations"]}
+    assert combos[("batch", 0)]["n"] == 1 and combos[("batch", 0)]["failed"] == 1
+    assert combos[("batch", 0)]["mean"] == pytest.approx(VALUES[("batch", 0, 1)])  # failed not averaged
+    assert combos[("group", 0)]["n"] == 1 and combos[("group", 0)]["missing"] == 1
