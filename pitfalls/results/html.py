@@ -80,6 +80,8 @@ def _figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]
         grid = np.full((len(ra), len(rb)), np.nan)
         for c in inter["cells"]:
             grid[ra.index(c["a"]), rb.index(c["b"])] = c["mean"]
+        if not np.isfinite(grid).any() or grid.size < 2:
+            continue  # nothing completed, or a single cell: no heatmap to draw
         fig, ax = plt.subplots(figsize=(1.2 * len(rb) + 2.5, 0.8 * len(ra) + 1.8))
         im = ax.imshow(grid, cmap="viridis")
         ax.set_xticks(range(len(rb)), map(str, rb))
@@ -94,6 +96,8 @@ def _figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]
         figs.append((f"Interaction {fa} × {fb}", _png(fig)))
 
     done = results.filter(pc.equal(results["status"], "completed")).to_pylist()
+    if not any(r[f"curve_{a.metric}"] for r in done):
+        return figs
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
     for ax, factor in zip(axes[0], a.factors):
         for level in sorted({r[factor] for r in done}, key=str):
@@ -106,7 +110,8 @@ def _figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]
         ax.set_title(factor)
         ax.set_xlabel("epoch")
         ax.set_ylabel(a.metric)
-        ax.legend(fontsize="small")
+        if ax.lines:
+            ax.legend(fontsize="small")
     fig.suptitle("Learning curves per level (mean over trials)", y=1.04)
     figs.append(("Learning curves", _png(fig)))
     return figs

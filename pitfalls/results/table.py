@@ -41,11 +41,13 @@ def paired_markdown(rows: list[dict], metric: str) -> str:
     def p(x):
         return "–" if x is None else f"{x:.3g}"
 
-    lines = [f"| factor | a → b | pairs | mean Δ{metric} | d_z | p (t, Holm) | p (Wilcoxon, Holm) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| factor | a → b | pairs | mean Δ{metric} | 95% CI of Δ | d_z | p (t, Holm) | "
+             "p (Wilcoxon, Holm) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        ci = (f"[{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}]"
+              if r["diff_ci95_low"] is not None else "–")
         lines.append(f"| {r['factor']} | {r['level_a']} → {r['level_b']} | {r['pairs']} | "
-                     f"{_fmt(r['mean_diff'])} | {p(r['d_z'])} | {p(r['p_t_holm'])} | "
+                     f"{_fmt(r['mean_diff'])} | {ci} | {p(r['d_z'])} | {p(r['p_t_holm'])} | "
                      f"{p(r['p_wilcoxon_holm'])} |")
     return "\n".join(lines) + "\n"
 
