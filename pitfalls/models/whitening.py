@@ -88,6 +88,22 @@ class _Whitening(nn.Module):
     def _affine(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
+    def _centred_whitening(self, x: torch.Tensor, matrix) -> torch.Tensor:
+        """Y = W (x − mean): batch mean and W = matrix(centred groups) in training (their EMAs
+        updated), running mean and running W otherwise (IterNorm, DBN)."""
+        xg = _groups(x, self.group_size)
+        if self._use_batch():
+            mean = xg.mean(-1, keepdim=True)
+            xc = xg - mean
+            wm = matrix(xc)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.reshape(-1), self.momentum)
+                self.running_wm.lerp_(wm.detach(), self.momentum)
+        else:
+            xc = xg - self.running_mean.view(self.num_groups, self.group_size, 1)
+            wm = self.running_wm
+        return self._affine(_ungroup(torch.bmm(wm, xc), x.shape))
+
     def extra_repr(self) -> str:
         return f"{self.num_channels}, group_size={self.group_size}, eps={self.eps}"
 
@@ -111,18 +127,7 @@ class IterNorm(_Whitening):
         return p / trace.sqrt()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xg = _groups(x, self.group_size)
-        if self._use_batch():
-            mean = xg.mean(-1, keepdim=True)
-            xc = xg - mean
-            wm = self.whitening_matrix(xc)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.reshape(-1), self.momentum)
-                self.running_wm.lerp_(wm.detach(), self.momentum)
-        else:
-            xc = xg - self.running_mean.view(self.num_groups, self.group_size, 1)
-            wm = self.running_wm
-        return self._affine(_ungroup(torch.bmm(wm, xc), x.shape))
+        return self._centred_whitening(x, self.whitening_matrix)
 
 
 class SWBN(_Whitening):
@@ -161,18 +166,11 @@ class SWBN(_Whitening):
 
 
 class DBN(_Whitening):
+    def whitening_matrix(self, xc: torch.Tensor) -> torch.Tensor:
+        """ZCA: V diag(λ + ε)^(-1/2) Vᵀ of the centred groups' covariance."""
+        sigma = torch.bmm(xc, xc.transpose(1, 2)) / xc.shape[-1]
+        evals, evecs = torch.linalg.eigh(sigma)
+        return evecs @ torch.diag_embed((evals.clamp_min(0) + self.eps).rsqrt()) @ evecs.transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xg = _groups(x, self.group_size)
-        if self._use_batch():
-            mean = xg.mean(-1, keepdim=True)
-            xc = xg - mean
-            sigma = torch.bmm(xc, xc.transpose(1, 2)) / xc.shape[-1]
-            evals, evecs = torch.linalg.eigh(sigma)
-            wm = evecs @ torch.diag_embed((evals.clamp_min(0) + self.eps).rsqrt()) @ evecs.transpose(1, 2)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.reshape(-1), self.momentum)
-                self.running_wm.lerp_(wm.detach(), self.momentum)
-        else:
-            xc = xg - self.running_mean.view(self.num_groups, self.group_size, 1)
-            wm = self.running_wm
-        return self._affine(_ungroup(torch.bmm(wm, xc), x.shape))
+        return self._centred_whitening(x, self.whitening_matrix)
