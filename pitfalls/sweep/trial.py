@@ -10,7 +10,6 @@ and `TuneReportCallback` forwards rank 0's reports to Tune.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

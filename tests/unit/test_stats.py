@@ -8,7 +8,7 @@ from scipy import stats as sps
 
 from pitfalls.cli import main
 from pitfalls.config import parse_study
-from pitfalls.results import read_results, trial_row, write_results
+from pitfalls.results import read_results, write_results
 from pitfalls.results.stats import holm, paired_comparisons, t_interval
 from tests.helpers import GRID_VALUES as VALUES
 from tests.helpers import grid_rows as _rows
