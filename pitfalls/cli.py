@@ -67,7 +67,8 @@ def _report_source(args: argparse.Namespace):
 def _report(args: argparse.Namespace) -> int:
     import json
 
-    from pitfalls.results.report import COMPARISON_FILE, comparison_data, comparison_markdown
+    from pitfalls.results.report import (COMPARISON_FILE, combinations_table, comparison_data,
+                                         comparison_markdown)
 
     if not args.source and not args.mlflow_experiment:
         print("error: name a study directory, a results .parquet file, or --mlflow-experiment",
@@ -85,7 +86,7 @@ def _report(args: argparse.Namespace) -> int:
         import pyarrow.csv
 
         buf = pa.BufferOutputStream()
-        pyarrow.csv.write_csv(pa.Table.from_pylist(comparison_data(results, analysis)["combinations"]), buf)
+        pyarrow.csv.write_csv(combinations_table(results, analysis), buf)
         sys.stdout.write(buf.getvalue().to_pybytes().decode())
     elif args.format == "html":
         from pitfalls.results.html import REPORT_FILE, render_html

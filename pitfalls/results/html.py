@@ -120,8 +120,8 @@ def _figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]
 REPORT_FILE = "report.html"
 
 
-def render_html(results: pa.Table, a: Analysis) -> str:
-    data = comparison_data(results, a)
+def render_html(results: pa.Table, a: Analysis, data: dict | None = None) -> str:
+    data = data or comparison_data(results, a)
     cols = [*a.factors, "n", "mean", "std", "ci95_low", "ci95_high", "failed"]
     parts = [f"<h1>{html.escape(a.name)}: {html.escape(a.metric)} ({a.mode})</h1>",
              f"<p>{results.num_rows} trials; metric at the last epoch; mean ± sample std over "

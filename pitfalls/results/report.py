@@ -85,9 +85,15 @@ def _analysis(results: pa.Table, a: Analysis, combos: list[dict]) -> dict:
     }
 
 
+def combinations_table(results: pa.Table, a: Analysis) -> pa.Table:
+    """One row per factor combination (with missing counts for grid studies): `--format csv`."""
+    return _with_missing(comparison_table(results, a.factors, a.metric), a)
+
+
 def comparison_data(results: pa.Table, a: Analysis) -> dict:
-    """Every number of the report, machine-readable (`--format json`)."""
-    combos = _with_missing(comparison_table(results, a.factors, a.metric), a).to_pylist()
+    """Every number of the report, machine-readable (`--format json`); computed once and shared
+    by the Markdown and HTML renderings."""
+    combos = combinations_table(results, a).to_pylist()
     return {"study": a.name, "metric": a.metric, "mode": a.mode, "factors": a.factors,
             "combinations": combos, **_analysis(results, a, combos)}
 
@@ -96,9 +102,9 @@ def _ci(low, high) -> str:
     return f"[{low:.4f}, {high:.4f}]" if low is not None else "–"
 
 
-def comparison_markdown(results: pa.Table, a: Analysis) -> str:
-    table = _with_missing(comparison_table(results, a.factors, a.metric), a)
-    data = _analysis(results, a, table.to_pylist())
+def comparison_markdown(results: pa.Table, a: Analysis, data: dict | None = None) -> str:
+    data = data or comparison_data(results, a)
+    table = pa.Table.from_pylist(data["combinations"])
     n_done = sum(1 for s in results["status"].to_pylist() if s == "completed")
     over = "seeds" if a.paired else "trials"
     lines = [f"# {a.name}: {a.metric} ({a.mode}) at the last epoch", "",
@@ -141,7 +147,8 @@ def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, list[Path]]
     from pitfalls.results.html import REPORT_FILE, render_html
 
     results, analysis = read_results(study_dir / RESULTS_FILE), analysis_of_study(spec)
-    text = comparison_markdown(results, analysis)
+    data = comparison_data(results, analysis)
+    text = comparison_markdown(results, analysis, data)
     (study_dir / COMPARISON_FILE).write_text(text)
-    (study_dir / REPORT_FILE).write_text(render_html(results, analysis))
+    (study_dir / REPORT_FILE).write_text(render_html(results, analysis, data))
     return text, [study_dir / COMPARISON_FILE, study_dir / REPORT_FILE]
