@@ -28,16 +28,26 @@ TRIAL_PARAMS: dict[str, type] = {
     "frozen_stages": int,
     "seq_len": int,
     "videos_per_batch": int,
+    "carry_hidden": bool,
     "lr": float,
     "weight_decay": float,
 }
+OPTIONAL_FACTORS = ("carry_hidden",)  # factors a study may sweep; fixed at their default otherwise
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-TASKS = ("phase",)
-DATASETS = ("synthetic",)
+TASKS = ("phase", "anticipation")
+DATASETS = ("synthetic", "cholec80", "frames")
 TEMPORAL_HEADS = ("lstm",)
 SEARCHERS = ("grid", "optuna")
 OPTUNA_SAMPLERS = ("tpe", "random", "brute_force")
-METRICS = ("val_accuracy", "val_f1", "val_loss", "train_loss")
+# Metrics per task, with the direction that is better.
+TASK_METRICS: dict[str, dict[str, str]] = {
+    "phase": {"val_accuracy": "max", "val_f1": "max", "val_precision": "max", "val_recall": "max",
+              "val_jaccard": "max", "val_loss": "min", "train_loss": "min"},
+    "anticipation": {"val_wMAE": "min", "val_inMAE": "min", "val_outMAE": "min", "val_eMAE": "min",
+                     "val_loss": "min", "train_loss": "min"},
+}
+DEFAULT_METRIC = {"phase": "val_accuracy", "anticipation": "val_wMAE"}
+METRICS = tuple(dict.fromkeys(m for ms in TASK_METRICS.values() for m in ms))
 MODES = ("max", "min")
 
 
@@ -56,9 +66,64 @@ class StudyError(ValueError):
 
 
 @dataclass(frozen=True)
+class Cholec80Options:
+    """Cholec80 as distributed (frames extracted at `fps`), or its packed store."""
+
+    root: str | None = None  # the dataset folder (frames/, phase_annotations/, tool_annotations/)
+    store: str | None = None  # a packed store (`pitfalls data pack`): read instead of decoding
+    split: str | tuple = "40/8/32"  # a standard split's name, or ((split, (video ids...)), ...)
+    frame_size: tuple[int, int] = (384, 216)  # (W, H) the frames are resized to
+    fps: float = 1.0
+
+
+@dataclass(frozen=True)
+class FramesOptions:
+    """One folder of frames per video plus a CSV/Parquet file of per-frame labels."""
+
+    root: str | None = None
+    store: str | None = None
+    labels: str = "labels.csv"  # relative to root
+    video_column: str = "video"
+    frame_column: str = "frame"
+    phase_column: str = "phase"
+    tool_columns: tuple[str, ...] = ()
+    phases: tuple[str, ...] = ()  # class order; default: sorted label values
+    split: tuple | None = None  # ((split, (video names...)), ...); None: the labels' split column
+    frame_size: tuple[int, int] = (224, 224)
+    fps: float = 1.0
+
+
+DATASET_OPTIONS = {"synthetic": SyntheticOptions, "cholec80": Cholec80Options,
+                   "frames": FramesOptions}
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str = "synthetic"
-    options: SyntheticOptions = field(default_factory=SyntheticOptions)
+    options: SyntheticOptions | Cholec80Options | FramesOptions = field(
+        default_factory=SyntheticOptions)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str = "phase"
+    horizon: float = 3.0  # anticipation: minutes; targets are clipped here and divided by it
+    tools: tuple[str, ...] = ()  # anticipated instruments; () = the dataset's default set
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Training-time augmentation, run batched on the training device; one draw per sequence
+    (all frames of a sequence get the same flip/crop/jitter, as a camera would). 0 = off."""
+
+    hflip: float = 0.0  # probability of a horizontal flip
+    min_crop: float = 1.0  # random crop of scale in [min_crop, 1], resized back
+    brightness: float = 0.0  # added offset in [-b, b] (inputs are in [-1, 1])
+    contrast: float = 0.0  # factor in [1 - c, 1 + c] around each frame's mean
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hflip or self.min_crop < 1 or self.brightness or self.contrast)
 
 
 @dataclass(frozen=True)
@@ -135,7 +200,7 @@ class SearchSpace:
 class StudySpec:
     name: str
     dataset: DatasetSpec
-    task: str
+    task: TaskSpec
     model: ModelSpec
     budget: BudgetSpec
     resources: ResourceSpec
@@ -145,6 +210,7 @@ class StudySpec:
     search_space: SearchSpace
     description: str = ""
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    augmentation: AugmentSpec = field(default_factory=AugmentSpec)
 
     @property
     def num_trials(self) -> int:
@@ -160,8 +226,9 @@ class StudySpec:
         return {
             "name": self.name,
             "description": self.description,
-            "dataset": {"name": self.dataset.name, "options": asdict(self.dataset.options)},
-            "task": self.task,
+            "dataset": {"name": self.dataset.name, "options": _plain(asdict(self.dataset.options))},
+            "task": ({"name": "phase"} if self.task.name == "phase" else _plain(asdict(self.task))),
+            "augmentation": asdict(self.augmentation),
             "model": {
                 "backbone": self.model.backbone,
                 "weights": self.model.weights,
@@ -188,6 +255,20 @@ class StudySpec:
         }
 
 
+def _plain(d: dict) -> dict:
+    """Config dataclass fields -> YAML-friendly values (tuples of pairs back to mappings)."""
+    out = {}
+    for k, v in d.items():
+        if v is None:
+            continue
+        if k == "split" and isinstance(v, tuple):
+            v = {name: list(ids) for name, ids in v}
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[k] = v
+    return out
+
+
 @dataclass(frozen=True)
 class TrialParams:
     """The flat per-trial parameters: exactly what MLflow records and the results table keys."""
@@ -199,10 +280,12 @@ class TrialParams:
     lr: float
     weight_decay: float
     seed: int
+    carry_hidden: bool = False  # carry the LSTM state (detached) across consecutive chunks
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialParams":
-        return cls(**{f.name: TRIAL_PARAM_TYPES[f.name](d[f.name]) for f in fields(cls)})
+        return cls(**{f.name: TRIAL_PARAM_TYPES[f.name](d[f.name]) for f in fields(cls)
+                      if f.name in d or f.name not in PARAM_DEFAULTS})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,6 +293,14 @@ class TrialParams:
 
 TRIAL_PARAM_TYPES: dict[str, type] = {**TRIAL_PARAMS, "seed": int}
 NUISANCE_FALLBACKS = {"lr": 1e-3, "weight_decay": 1e-4}
+PARAM_DEFAULTS = {"carry_hidden": False}  # optional factors at their default when not swept
+
+
+def parse_param(name: str, text: str) -> Any:
+    """A trial parameter from its string form (MLflow stores params as strings)."""
+    if TRIAL_PARAM_TYPES[name] is bool:
+        return text.strip().lower() in ("true", "1")
+    return TRIAL_PARAM_TYPES[name](text)
 
 
 @dataclass(frozen=True)
@@ -292,6 +383,12 @@ def _parse_dataset(raw: Any, p: _Problems) -> DatasetSpec:
         p.add("dataset.name", name, f"is not a known dataset; {_choices(DATASETS)}")
         return DatasetSpec()
     opts = _mapping(raw.get("options"), "dataset.options", p)
+    if name == "synthetic":
+        return DatasetSpec(name=name, options=_parse_synthetic(opts, p))
+    return DatasetSpec(name=name, options=_parse_real_dataset(name, opts, p))
+
+
+def _parse_synthetic(opts: dict, p: _Problems) -> SyntheticOptions:
     options = _dataclass_from(
         SyntheticOptions, opts, "dataset.options", p,
         minimums={"num_videos": 2, "val_videos": 1, "num_phases": 2, "num_tools": 0,
@@ -303,7 +400,104 @@ def _parse_dataset(raw: Any, p: _Problems) -> DatasetSpec:
     if options.val_videos >= options.num_videos:
         p.add("dataset.options.val_videos", options.val_videos,
               f"must leave at least one training video (num_videos is {options.num_videos})")
-    return DatasetSpec(name=name, options=options)
+    return options
+
+
+def _parse_real_dataset(name: str, opts: dict, p: _Problems) -> Cholec80Options | FramesOptions:
+    """cholec80 / frames options: paths, split, frame size; the files are checked later."""
+    cls = DATASET_OPTIONS[name]
+    path = "dataset.options"
+    _unknown_keys(opts, [f.name for f in fields(cls)], path, p)
+    values: dict[str, Any] = {}
+    for key in ("root", "store", "labels", "video_column", "frame_column", "phase_column"):
+        if key in opts and key in {f.name for f in fields(cls)}:
+            if not isinstance(opts[key], str) or not opts[key]:
+                p.add(f"{path}.{key}", opts[key], "must be a non-empty string")
+            else:
+                values[key] = opts[key]
+    if not values.get("root") and not values.get("store"):
+        p.add(f"{path}.root", None, f"is required for {name} (or `store`: a packed store from "
+              "`pitfalls data pack`)")
+    for key in ("tool_columns", "phases"):
+        if key in opts:
+            v = opts[key]
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                p.add(f"{path}.{key}", v, "must be a list of strings")
+            else:
+                values[key] = tuple(v)
+    if "frame_size" in opts:
+        v = opts["frame_size"]
+        if (not isinstance(v, list) or len(v) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 8 for x in v)):
+            p.add(f"{path}.frame_size", v, "must be [width, height], integers >= 8")
+        else:
+            values["frame_size"] = tuple(v)
+    if "fps" in opts:
+        values["fps"] = _number(opts, "fps", path, p, 1.0, float, 0.001)
+    if "split" in opts:
+        values["split"] = _parse_split(name, opts["split"], p)
+    return cls(**values)
+
+
+def _parse_split(name: str, raw: Any, p: _Problems):
+    """A standard split's name (cholec80) or a mapping split -> list of video ids."""
+    path = "dataset.options.split"
+    standard = ("40/8/32", "32/8/40") if name == "cholec80" else ()
+    if isinstance(raw, str) and raw in standard:
+        return raw
+    if not isinstance(raw, dict):
+        valid = (", ".join(standard) + " or " if standard else "") + "a mapping {train: [...], val: [...], test: [...]}"
+        p.add(path, raw, f"is not a split; valid: {valid}")
+        return standard[0] if standard else None
+    _unknown_keys(raw, ["train", "val", "test"], path, p)
+    kind = int if name == "cholec80" else str
+    out = []
+    for split, ids in raw.items():
+        if not isinstance(ids, list) or not all(isinstance(i, kind) and not isinstance(i, bool) for i in ids):
+            p.add(f"{path}.{split}", ids, f"must be a list of video {'ids (integers)' if kind is int else 'names'}")
+            continue
+        out.append((split, tuple(ids)))
+    for required in ("train", "val"):
+        if required not in raw:
+            p.add(f"{path}.{required}", None, "is required (a list of videos)")
+    return tuple(out)
+
+
+def _parse_task(raw: Any, p: _Problems) -> TaskSpec:
+    if raw is None or isinstance(raw, str):
+        if raw is not None and raw not in TASKS:
+            p.add("task", raw, _choices(TASKS))
+            return TaskSpec()
+        raw = {"name": raw or "phase"}
+    raw = _mapping(raw, "task", p)
+    _unknown_keys(raw, ["name", "horizon", "tools"], "task", p)
+    name = raw.get("name", "phase")
+    if name not in TASKS:
+        p.add("task.name", name, _choices(TASKS))
+        name = "phase"
+    if name == "phase":
+        for key in ("horizon", "tools"):
+            if key in raw:
+                p.add(f"task.{key}", raw[key], "applies to task anticipation only")
+        return TaskSpec()
+    horizon = _number(raw, "horizon", "task", p, TaskSpec.horizon, float, 0.001)
+    tools = raw.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        p.add("task.tools", tools, "must be a list of instrument names")
+        tools = []
+    return TaskSpec(name=name, horizon=horizon, tools=tuple(tools))
+
+
+def _parse_augmentation(raw: Any, p: _Problems) -> AugmentSpec:
+    spec = _dataclass_from(AugmentSpec, _mapping(raw, "augmentation", p), "augmentation", p,
+                           {"hflip": 0.0, "min_crop": 0.05, "brightness": 0.0, "contrast": 0.0})
+    if spec.hflip > 1:
+        p.add("augmentation.hflip", spec.hflip, "is a probability: 0..1")
+    if spec.min_crop > 1:
+        p.add("augmentation.min_crop", spec.min_crop, "is a scale: 0.05..1 (1 = no crop)")
+    if spec.contrast >= 1:
+        p.add("augmentation.contrast", spec.contrast, "must be < 1 (factor in [1-c, 1+c])")
+    return spec
 
 
 def _parse_model(raw: Any, p: _Problems, check_files: bool = True) -> ModelSpec:
@@ -375,6 +569,11 @@ def _parse_distribution(name: str, raw: Any, path: str, p: _Problems) -> Distrib
 
 def _check_level(name: str, value: Any, path: str, p: _Problems) -> bool:
     kind = TRIAL_PARAMS[name]
+    if kind is bool:
+        if not isinstance(value, bool):
+            p.add(path, value, "must be true or false")
+            return False
+        return True
     if kind is str:
         if value not in NORM_NAMES:
             p.add(path, value, f"is not a known norm; {_choices(NORM_NAMES)}")
@@ -421,8 +620,8 @@ def parse_search_space(raw: Any, name: str, p: _Problems, path: str = "search_sp
     nuisance: list[tuple[str, Distribution]] = []
     for nname, spec in nuisance_raw.items():
         npath = f"{path}.nuisance.{nname}"
-        if nname not in TRIAL_PARAMS or nname in CORE_FACTORS:
-            allowed = [k for k in TRIAL_PARAMS if k not in CORE_FACTORS]
+        if nname not in TRIAL_PARAMS or nname in CORE_FACTORS or nname in OPTIONAL_FACTORS:
+            allowed = [k for k in TRIAL_PARAMS if k not in CORE_FACTORS + OPTIONAL_FACTORS]
             p.add(npath, nname, f"is not a nuisance parameter; {_choices(allowed)}")
             continue
         if nname in factors_raw:
@@ -441,8 +640,8 @@ def name_problem(name: Any) -> str | None:
     return None
 
 
-STUDY_KEYS = ("name", "description", "dataset", "task", "model", "budget", "evaluation", "resources",
-              "searcher", "seeds", "metric", "search_space")
+STUDY_KEYS = ("name", "description", "dataset", "task", "model", "budget", "evaluation",
+              "augmentation", "resources", "searcher", "seeds", "metric", "search_space")
 
 
 def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None,
@@ -460,9 +659,8 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
         p.add("name", name, name_problem(name))
         name = "study"
     dataset = _parse_dataset(raw.get("dataset"), p)
-    task = raw.get("task", "phase")
-    if task not in TASKS:
-        p.add("task", task, _choices(TASKS))
+    task = _parse_task(raw.get("task"), p)
+    augmentation = _parse_augmentation(raw.get("augmentation"), p)
     model = _parse_model(raw.get("model"), p, check_files=check_environment)
     budget = _dataclass_from(BudgetSpec, _mapping(raw.get("budget"), "budget", p), "budget", p,
                              minimums={"epochs": 1, "steps_per_epoch": 1})
@@ -484,12 +682,7 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
     if searcher.type == "optuna" and len(seeds) != 1:
         p.add("seeds", seeds, "optuna searches with one seed (a sampler must not tune the seed); "
               "list one seed, or use searcher.type: grid to cross seeds")
-    metric_raw = _mapping(raw.get("metric"), "metric", p)
-    metric = _dataclass_from(MetricSpec, metric_raw, "metric", p, {})
-    if metric.name not in METRICS:
-        p.add("metric.name", metric.name, _choices(METRICS))
-    if metric.mode not in MODES:
-        p.add("metric.mode", metric.mode, _choices(MODES))
+    metric = _parse_metric(raw.get("metric"), task.name, p)
 
     space_ref = raw.get("search_space")
     if isinstance(space_ref, str):
@@ -503,12 +696,30 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
 
     spec = StudySpec(name=name, description=str(raw.get("description", "")), dataset=dataset,
                      task=task, model=model, budget=budget, resources=resources, searcher=searcher,
-                     seeds=tuple(seeds), metric=metric, search_space=space, evaluation=evaluation)
+                     seeds=tuple(seeds), metric=metric, search_space=space, evaluation=evaluation,
+                     augmentation=augmentation)
     if check_environment:  # runs even after other problems, so one error lists them all
         _check_against_data_and_model(spec, p)
     if p.items:
         raise StudyError(source, p.items)
     return spec
+
+
+def _parse_metric(raw: Any, task: str, p: _Problems) -> MetricSpec:
+    """The metric to optimize/compare; its default and valid names depend on the task."""
+    raw = _mapping(raw, "metric", p)
+    valid = TASK_METRICS[task]
+    name = raw.get("name", DEFAULT_METRIC[task])
+    default_mode = valid.get(name, "max")
+    metric = _dataclass_from(MetricSpec, {"mode": default_mode, **raw, "name": name}, "metric", p, {})
+    if metric.name not in valid:
+        p.add("metric.name", metric.name, f"is not a metric of task {task}; {_choices(valid)}")
+    elif metric.mode != valid[metric.name]:
+        p.add("metric.mode", metric.mode, f"{metric.name} is better when "
+              f"{'lower' if valid[metric.name] == 'min' else 'higher'}: use mode {valid[metric.name]}")
+    if metric.mode not in MODES:
+        p.add("metric.mode", metric.mode, _choices(MODES))
+    return metric
 
 
 def _load_search_space_file(ref: str, base_dir: Path | None, dirs: Iterable[Path], p: _Problems):
@@ -547,9 +758,9 @@ def _check_against_data_and_model(spec: StudySpec, p: _Problems) -> None:
                 p.add(f"search_space.factors.frozen_stages[{i}]", k,
                       f"is beyond {spec.model.backbone}'s {info.num_stages} stages; "
                       f"valid: 0..{info.num_stages}")
-    opts = spec.dataset.options
-    lengths = video_lengths(opts)
-    train_lengths = lengths[opts.val_videos:]
+    train_lengths = _check_data(spec, p)
+    if train_lengths is None:
+        return
     shortest = min(train_lengths)
     for i, t in enumerate(factors.get("seq_len", ())):
         if t > shortest:
@@ -572,6 +783,41 @@ def _check_against_data_and_model(spec: StudySpec, p: _Problems) -> None:
                 p.add(f"search_space.factors.videos_per_batch[{i}]", v,
                       f"must be divisible by resources.workers ({spec.resources.workers}): "
                       "each DDP worker takes an equal share of the batch's videos")
+
+
+def _check_data(spec: StudySpec, p: _Problems) -> list[int] | None:
+    """Read the dataset's labels and file lists (no decoding): every file/line problem, the
+    anticipated instruments, and the training videos' lengths (None if the data is unusable)."""
+    if spec.dataset.name == "synthetic":
+        opts = spec.dataset.options
+        lengths = video_lengths(opts)[opts.val_videos:]
+        tool_names = tuple(f"tool{k + 1}" for k in range(opts.num_tools))
+    else:
+        from pitfalls.data.base import DataError
+        from pitfalls.data.load import load_data
+
+        try:
+            data = load_data(spec.dataset)
+        except DataError as e:
+            p.items.extend(f"dataset ({spec.dataset.name}): {x}" for x in e.problems)
+            return None
+        lengths = [len(v) for v in data.train]
+        tool_names = data.tool_names
+        if not lengths:
+            p.add("dataset.options.split", None, "has no training videos")
+            return None
+    if spec.task.name == "anticipation":
+        from pitfalls.data.load import anticipation_tools
+
+        if not tool_names:
+            p.add("task.name", "anticipation", f"needs instrument labels; dataset "
+                  f"{spec.dataset.name} has none (synthetic: num_tools > 0; frames: tool_columns)")
+        for i, t in enumerate(spec.task.tools):
+            if t not in tool_names:
+                p.add(f"task.tools[{i}]", t, f"is not an instrument of the dataset; {_choices(tool_names)}")
+        if not spec.task.tools and tool_names:
+            anticipation_tools(spec.dataset.name, spec.task, tool_names)
+    return lengths
 
 
 def load_study(path: str | Path, search_space_dirs: Iterable[Path] = ()) -> StudySpec:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pitfalls.data.base import Video, VideoData
+
 
 @dataclass(frozen=True)
 class SyntheticOptions:
@@ -26,17 +28,6 @@ class SyntheticOptions:
     frame_size: int = 32
     noise: float = 0.35
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Video:
-    id: str
-    frames: np.ndarray  # (T, H, W, 3) uint8
-    phases: np.ndarray  # (T,) int64 phase label per frame
-    tools: np.ndarray  # (T, num_tools) uint8 instrument presence
-
-    def __len__(self) -> int:
-        return len(self.phases)
 
 
 def _phase_durations(opts: SyntheticOptions) -> list[np.ndarray]:
@@ -109,3 +100,11 @@ def make_videos(opts: SyntheticOptions) -> tuple[list[Video], list[Video]]:
     """(train, val) videos; the first `val_videos` are validation."""
     videos = [make_video(opts, i) for i in range(opts.num_videos)]
     return videos[opts.val_videos:], videos[:opts.val_videos]
+
+
+def synthetic_data(opts: SyntheticOptions) -> VideoData:
+    """The synthetic dataset as a `VideoData` (1 frame = 1 second, tools named tool1..toolK)."""
+    train, val = make_videos(opts)
+    return VideoData(name="synthetic", phase_names=tuple(f"phase{i + 1}" for i in range(opts.num_phases)),
+                     tool_names=tuple(f"tool{k + 1}" for k in range(opts.num_tools)),
+                     splits={"train": train, "val": val}, fps=1.0)

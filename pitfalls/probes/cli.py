@@ -57,6 +57,6 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     sampler = SequenceSampler([len(v) for v in train_videos], p.seq_len, max(p.videos_per_batch, 2),
                               np.random.default_rng(p.seed))
     cpu = torch.device("cpu")
-    clip, labels = make_batch(train_videos, sampler.sample(), p.seq_len, cpu)
+    clip, (labels,) = make_batch(train_videos, sampler.sample(), p.seq_len, cpu)
     batches = [make_batch(train_videos, sampler.sample(), p.seq_len, cpu)[0] for _ in range(2)]
     return probe_model(model, clip, labels, batches)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pitfalls.config import TRIAL_PARAM_TYPES
+from pitfalls.config import TRIAL_PARAM_TYPES, parse_param
 from pitfalls.results.schema import METRICS, SCHEMA
 from pitfalls.results.store import trial_row
 
@@ -26,7 +26,7 @@ def results_from_mlflow(experiment: str, tracking_uri: str | None = None) -> pa.
         status = STATUS.get(run.info.status)
         if status is None:
             continue
-        params = {k: TRIAL_PARAM_TYPES[k](v) for k, v in run.data.params.items()
+        params = {k: parse_param(k, v) for k, v in run.data.params.items()
                   if k in TRIAL_PARAM_TYPES}
         steps: dict[int, dict] = {}
         for metric in (*METRICS, *(k for k in run.data.metrics if k.startswith("probe_"))):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from pitfalls.config import CORE_FACTORS, StudySpec, parse_study
+from pitfalls.config import CORE_FACTORS, OPTIONAL_FACTORS, StudySpec, parse_study
 from pitfalls.results.stats import (best_configurations, factor_importance, interactions,
                                     marginal_effects, paired_comparisons)
 from pitfalls.results.store import RESULTS_FILE, read_results
@@ -70,7 +70,7 @@ def infer_analysis(results: pa.Table, name: str, metric: str, mode: str) -> Anal
     def distinct(col):
         return len({v for v in results[col].to_pylist() if v is not None})
 
-    factors = [f for f in CORE_FACTORS if distinct(f) > 1] or ["norm"]
+    factors = [f for f in CORE_FACTORS + OPTIONAL_FACTORS if distinct(f) > 1] or ["norm"]
     fixed_nuisance = all(distinct(c) <= 1 for c in ("lr", "weight_decay"))
     return Analysis(name, metric, mode, factors, paired=fixed_nuisance)
 

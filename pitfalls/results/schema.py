@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
-METRICS = ("val_accuracy", "val_f1", "val_loss", "train_loss")
-LOWER_IS_BETTER = frozenset({"val_loss", "train_loss"})
+SCHEMA_VERSION = "3"
+# Phase metrics, anticipation metrics (minutes), losses; a task's absent metrics are null.
+METRICS = ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_jaccard",
+           "val_wMAE", "val_inMAE", "val_outMAE", "val_eMAE", "val_loss", "train_loss")
+LOWER_IS_BETTER = frozenset({"val_loss", "train_loss", "val_wMAE", "val_inMAE", "val_outMAE",
+                             "val_eMAE"})
 # Pitfall probes after the last epoch (study option evaluation.probes); null when not run.
 PROBES = ("probe_leak_train", "probe_leak_change_train", "probe_leak_eval", "probe_leak_change_eval",
           "probe_batch_dependent_train", "probe_batch_change_train", "probe_train_eval_output_gap",
@@ -16,6 +19,7 @@ PARAM_FIELDS = [
     pa.field("frozen_stages", pa.int64()),
     pa.field("seq_len", pa.int64()),
     pa.field("videos_per_batch", pa.int64()),
+    pa.field("carry_hidden", pa.bool_()),
     pa.field("lr", pa.float64()),
     pa.field("weight_decay", pa.float64()),
     pa.field("seed", pa.int64()),
@@ -38,3 +42,5 @@ SCHEMA = pa.schema(
     metadata={"pitfalls.schema_version": SCHEMA_VERSION},
 )
 PARAM_NAMES = [f.name for f in PARAM_FIELDS]
+# Values of columns added since older versions, where "absent" had a meaning (else null).
+UPGRADE_DEFAULTS = {"carry_hidden": False}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pitfalls.results.schema import LOWER_IS_BETTER, METRICS, PARAM_NAMES, PROBES, SCHEMA
+from pitfalls.results.schema import (LOWER_IS_BETTER, METRICS, PARAM_NAMES, PROBES, SCHEMA,
+                                     UPGRADE_DEFAULTS)
 
 RESULTS_FILE = "results.parquet"
 
@@ -17,7 +18,8 @@ def trial_row(study: str, trial_id: str, params: dict, history: list[dict], *, s
               error: str | None, duration_s: float, workers: int) -> dict:
     """One schema row from a trial's params and its per-epoch reports."""
     row = {"study": study, "trial_id": trial_id, "status": status, "error": error,
-           **{k: params.get(k) for k in PARAM_NAMES}, "epochs": len(history),
+           **{k: params.get(k, UPGRADE_DEFAULTS.get(k)) for k in PARAM_NAMES},
+           "epochs": len(history),
            "duration_s": duration_s, "workers": workers}
     for m in METRICS:
         curve = [float(h[m]) for h in history if m in h]
@@ -40,9 +42,13 @@ def write_results(path: Path, rows: list[dict]) -> None:
 
 def read_results(path: Path) -> pa.Table:
     """Read a results file of any schema version as the current schema: columns added since
-    (e.g. version 2's probe columns) come back as nulls."""
+    (version 2's probe columns, version 3's metrics) come back as nulls, `carry_hidden` as
+    false (the only behaviour before it existed)."""
     table = pq.read_table(path)
     for field in SCHEMA:
         if field.name not in table.column_names:
-            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+            fill = UPGRADE_DEFAULTS.get(field.name)
+            column = (pa.array([fill] * table.num_rows, field.type) if fill is not None
+                      else pa.nulls(table.num_rows, field.type))
+            table = table.append_column(field, column)
     return table.select(SCHEMA.names).replace_schema_metadata(SCHEMA.metadata)

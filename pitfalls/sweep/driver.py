@@ -119,7 +119,7 @@ def _open_parent_run(spec: StudySpec, study_dir: Path, uri: str) -> StudyRun:
     artifacts = (study_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     study_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     return open_study_run(uri, spec.name, study_id, {
-        "study": spec.name, "backbone": spec.model.backbone, "task": spec.task,
+        "study": spec.name, "backbone": spec.model.backbone, "task": spec.task.name,
         "dataset": spec.dataset.name, "searcher": spec.searcher.type,
         "num_trials": spec.num_trials, "epochs": spec.budget.epochs,
         "steps_per_epoch": spec.budget.steps_per_epoch, "workers": spec.resources.workers,

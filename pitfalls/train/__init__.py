@@ -1,6 +1,8 @@
-"""The per-worker training loop and metrics; imports no Ray, Optuna or MLflow."""
+"""The per-worker training loop, tasks and metrics; imports no Ray, Optuna or MLflow."""
 
-from pitfalls.train.loop import Distributed, evaluate, train
-from pitfalls.train.metrics import summarize, video_scores
+from pitfalls.train.loop import Distributed, evaluate, make_batch, train
+from pitfalls.train.metrics import phase_scores, summarize_phase
+from pitfalls.train.tasks import AnticipationTask, PhaseTask, make_task
 
-__all__ = ["Distributed", "evaluate", "train", "summarize", "video_scores"]
+__all__ = ["AnticipationTask", "Distributed", "PhaseTask", "evaluate", "make_batch", "make_task",
+           "phase_scores", "summarize_phase", "train"]

@@ -18,14 +18,15 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pitfalls.config import TrialConfig
-from pitfalls.data.sampler import SequenceSampler
-from pitfalls.data.synthetic import Video, make_videos
+from pitfalls.data.base import Video
+from pitfalls.data.load import anticipation_tools, load_data
+from pitfalls.data.sampler import CarriedSampler, SequenceSampler
 from pitfalls.models.precise_bn import batch_stat_layers, update_bn_stats
-from pitfalls.models.video_model import VideoModel, build_model
-from pitfalls.train.metrics import summarize, video_scores
+from pitfalls.models.video_model import State, VideoModel, build_model
+from pitfalls.train.augment import augment
+from pitfalls.train.tasks import PhaseTask, Task, make_task
 
 Report = Callable[[dict], None]
 EVAL_CHUNK = 64  # frames per forward pass in evaluation; the LSTM state is carried across chunks
@@ -42,56 +43,81 @@ class Distributed:
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
 
+    def share(self, items: list) -> list:
+        """This rank's equal share of a batch's sequences (lanes)."""
+        n = len(items) // self.world_size
+        return items[self.rank * n:(self.rank + 1) * n]
+
 
 def to_input(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1] on `device`."""
-    x = torch.from_numpy(frames).to(device, non_blocking=True)
+    x = torch.from_numpy(frames)
+    if device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
     return x.movedim(-1, -3).float().div_(127.5).sub_(1.0)
 
 
 def make_batch(videos: list[Video], picks: list[tuple[int, int]], seq_len: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    frames = np.stack([videos[v].frames[s:s + seq_len] for v, s in picks])
-    labels = np.stack([videos[v].phases[s:s + seq_len] for v, s in picks])
-    return to_input(frames, device), torch.from_numpy(labels).to(device)
+               device: torch.device, task: Task | None = None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Frames (B, T, 3, H, W) and the task's labels (each (B, T, ...)) of the picked sequences."""
+    task = task or PhaseTask(0)
+    frames = np.stack([np.asarray(videos[v].frames[s:s + seq_len]) for v, s in picks])
+    labels = tuple(
+        torch.from_numpy(np.stack([lab[s:s + seq_len] for lab, (_, s) in zip(per_video, picks)])).to(device)
+        for per_video in zip(*(task.labels(videos[v]) for v, _ in picks)))
+    return to_input(frames, device), labels
 
 
 @torch.no_grad()
-def evaluate(model: VideoModel, videos: list[Video], num_classes: int,
-             device: torch.device) -> tuple[list[tuple[float, float]], float, int]:
-    """Online evaluation of whole videos: per-video (acc, F1), summed CE loss, frame count."""
+def evaluate(model: VideoModel, videos: list[Video], task: Task,
+             device: torch.device) -> tuple[list, float, int]:
+    """Online evaluation of whole videos in order, the LSTM state carried from chunk to chunk
+    as a deployed model would see them: per-video records, summed loss, frame count."""
     model.eval()
-    scores, loss_sum, frames = [], 0.0, 0
+    records, loss_sum, frames = [], 0.0, 0
     for video in videos:
-        state, preds = None, []
+        state, outputs = None, []
+        labels = task.labels(video)
         for start in range(0, len(video), EVAL_CHUNK):
-            x = to_input(video.frames[None, start:start + EVAL_CHUNK], device)
-            y = torch.from_numpy(video.phases[start:start + EVAL_CHUNK]).to(device)
-            logits, state = model(x, state)
-            loss_sum += F.cross_entropy(logits[0], y, reduction="sum").item()
-            preds.append(logits[0].argmax(-1).cpu().numpy())
-        scores.append(video_scores(np.concatenate(preds), video.phases, num_classes))
+            stop = min(start + EVAL_CHUNK, len(video))
+            x = to_input(np.asarray(video.frames[start:stop])[None], device)
+            out, state = model(x, state)
+            y = [torch.from_numpy(lab[None, start:stop]).to(device) for lab in labels]
+            loss_sum += task.loss(out, y).item() * (stop - start)
+            outputs.append(out[0].float().cpu().numpy())
+        records.append(task.video_record(np.concatenate(outputs), video))
         frames += len(video)
-    return scores, loss_sum, frames
+    return records, loss_sum, frames
 
 
-def _gather(scores: list, loss_sum: float, frames: int, d: Distributed):
+def _gather(records: list, loss_sum: float, frames: int, d: Distributed):
     if d.world_size == 1:
-        return scores, loss_sum, frames
+        return records, loss_sum, frames
     parts: list = [None] * d.world_size
-    dist.all_gather_object(parts, (scores, loss_sum, frames))
-    return ([s for p in parts for s in p[0]], sum(p[1] for p in parts), sum(p[2] for p in parts))
+    dist.all_gather_object(parts, (records, loss_sum, frames))
+    return ([r for p in parts for r in p[0]], sum(p[1] for p in parts), sum(p[2] for p in parts))
 
 
 def _probe(model: VideoModel, val_videos: list[Video], seq_len: int, device: torch.device,
-           train_batches: list[torch.Tensor]) -> dict:
+           task: Task, train_batches: list[torch.Tensor]) -> dict:
     """Pitfall probes on the trained model, on the first `seq_len` frames of two val videos."""
     from pitfalls.probes.summary import probe_model
 
     picks = [(i % len(val_videos), 0) for i in range(2)]
     length = min(seq_len, *(len(v) for v in val_videos))
-    clip, labels = make_batch(val_videos, picks, max(length, 2), device)
-    return probe_model(model, clip, labels, train_batches)
+    clip, labels = make_batch(val_videos, picks, max(length, 2), device, task)
+    return probe_model(model, clip, labels[0] if task.name == "phase" else None, train_batches)
+
+
+def _reset_lanes(state: State | None, reset: np.ndarray, device: torch.device) -> State | None:
+    """Zero the carried LSTM state of lanes that start a new video; detach the rest (truncated
+    BPTT: gradients stop at the chunk boundary, the information flows on)."""
+    if state is None:
+        return None
+    keep = torch.from_numpy(~reset).to(device=device, dtype=state[0].dtype).view(1, -1, 1)
+    return (state[0].detach() * keep, state[1].detach() * keep)
 
 
 def train(cfg: TrialConfig, report: Report = lambda m: None,
@@ -102,9 +128,13 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
     device = device or torch.device("cpu")
     torch.manual_seed(p.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
 
-    opts = study.dataset.options
-    train_videos, val_videos = make_videos(opts)
-    model = build_model(study.model.backbone, p.norm, p.frozen_stages, opts.num_phases,
+    data = load_data(study.dataset)
+    train_videos, val_videos = data.train, data.val
+    tools = (anticipation_tools(study.dataset.name, study.task, data.tool_names)
+             if study.task.name == "anticipation" else ())
+    task = make_task(study.task.name, len(data.phase_names), data.tool_names, tools,
+                     study.task.horizon, data.fps)
+    model = build_model(study.model.backbone, p.norm, p.frozen_stages, task.outputs,
                         study.model.hidden_size, study.model.group_norm_groups,
                         study.model.weights, study.model.whitening_group_size).to(device)
     net: torch.nn.Module = model
@@ -114,30 +144,39 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
     params = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
 
-    per_rank = p.videos_per_batch // d.world_size
-    sampler = SequenceSampler([len(v) for v in train_videos], p.seq_len, p.videos_per_batch,
-                              np.random.default_rng([p.seed, 7]))
+    lengths = [len(v) for v in train_videos]
+    rng = np.random.default_rng([p.seed, 7])
+    sampler = (CarriedSampler(lengths, p.seq_len, p.videos_per_batch, rng) if p.carry_hidden
+               else SequenceSampler(lengths, p.seq_len, p.videos_per_batch, rng))
     # Extra batches (PreciseBN, probes) come from their own RNG: the training draws stay the same.
-    extra = SequenceSampler(sampler.lengths, p.seq_len, p.videos_per_batch,
+    extra = SequenceSampler(lengths, p.seq_len, p.videos_per_batch,
                             np.random.default_rng([p.seed, 11]))
+    aug_rng = torch.Generator().manual_seed(p.seed * 1000 + 13 + d.rank)
 
     def extra_batches(n: int) -> list[torch.Tensor]:
-        return [make_batch(train_videos, extra.sample()[d.rank * per_rank:(d.rank + 1) * per_rank],
-                           p.seq_len, device)[0] for _ in range(n)]
+        return [make_batch(train_videos, d.share(extra.sample()), p.seq_len, device, task)[0]
+                for _ in range(n)]
 
     if p.norm == "sync_batch" and d.world_size == 1:
         warnings.warn("norm 'sync_batch' with one worker is plain BatchNorm", stacklevel=2)
     precise_bn = study.evaluation.precise_bn_batches if batch_stat_layers(model) else 0
     metrics: dict = {}
+    state: State | None = None
     for epoch in range(1, study.budget.epochs + 1):
         net.train()
         t0, losses = time.perf_counter(), []
         for _ in range(study.budget.steps_per_epoch):
-            picks = sampler.sample()  # same draw on every rank: the rank takes its share
-            x, y = make_batch(train_videos, picks[d.rank * per_rank:(d.rank + 1) * per_rank],
-                              p.seq_len, device)
-            logits, _ = net(x)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            # same draw on every rank: each rank takes its share of the sequences (lanes)
+            if p.carry_hidden:
+                picks, reset = sampler.sample()
+                state = _reset_lanes(state, np.asarray(d.share(list(reset))), device)
+            else:
+                picks, state = sampler.sample(), None
+            x, labels = make_batch(train_videos, d.share(picks), p.seq_len, device, task)
+            x = augment(x, study.augmentation, aug_rng)
+            output, new_state = net(x, state)
+            state = new_state if p.carry_hidden else None
+            loss = task.loss(output, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -147,7 +186,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
         if precise_bn:
             update_bn_stats(model, extra_batches(precise_bn))
         shard = val_videos[d.rank::d.world_size]
-        scores, loss_sum, frames = _gather(*evaluate(model, shard, opts.num_phases, device), d)
+        records, loss_sum, frames = _gather(*evaluate(model, shard, task, device), d)
         train_loss = float(np.mean(losses))
         if d.world_size > 1:
             t = torch.tensor([train_loss], dtype=torch.float64, device=device)  # NCCL: on GPU
@@ -157,12 +196,12 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
             "epoch": epoch,
             "train_loss": train_loss,
             "val_loss": loss_sum / max(frames, 1),
-            **summarize(scores),
+            **task.summarize(records),
             "train_frames_per_s": study.budget.steps_per_epoch * p.videos_per_batch * p.seq_len / train_s,
             "epoch_s": time.perf_counter() - t0,
             "world_size": d.world_size,
         }
         if epoch == study.budget.epochs and study.evaluation.probes:
-            metrics.update(_probe(model, val_videos, p.seq_len, device, extra_batches(4)))
+            metrics.update(_probe(model, val_videos, p.seq_len, device, task, extra_batches(4)))
         report(metrics)
     return metrics

@@ -47,3 +47,44 @@ def test_sampler_refuses_impossible_diversity():
 
     with pytest.raises(ValueError, match="only 2 videos"):
         SequenceSampler([10, 3, 12], seq_len=8, videos_per_batch=3, rng=np.random.default_rng(0))
+
+
+def test_carried_sampler_walks_each_video_in_consecutive_chunks_on_distinct_lanes():
+    from pitfalls.data.sampler import CarriedSampler
+
+    lengths, seq_len = [10, 12, 25, 7, 30], 4
+    sampler = CarriedSampler(lengths, seq_len, videos_per_batch=3, rng=np.random.default_rng(1))
+    previous = None
+    walks = 0
+    for _ in range(300):
+        picks, reset = sampler.sample()
+        assert len({v for v, _ in picks}) == 3  # lanes hold distinct videos
+        for lane, ((v, s), r) in enumerate(zip(picks, reset)):
+            assert 0 <= s and s + seq_len <= lengths[v]
+            if previous is not None and not r:  # same walk: the next chunk of the same video
+                assert previous[lane] == (v, s - seq_len)
+            if r:
+                walks += 1
+                assert s < seq_len  # a walk starts within the first chunk
+        previous = picks
+    assert walks > 20  # videos end and lanes move on, with a reset each time
+
+
+def test_carried_sampler_covers_every_frame_and_resumes_from_its_state():
+    from pitfalls.data.sampler import CarriedSampler
+
+    lengths = [9, 11, 14]
+    sampler = CarriedSampler(lengths, 4, 2, np.random.default_rng(0))
+    seen = [np.zeros(n, bool) for n in lengths]
+    for _ in range(200):
+        for v, s in sampler.sample()[0]:
+            seen[v][s:s + 4] = True
+    assert all(s.all() for s in seen)  # random walk offsets reach the tails too
+
+    state = sampler.state_dict()
+    expected = [sampler.sample() for _ in range(10)]
+    resumed = CarriedSampler(lengths, 4, 2, np.random.default_rng(99))
+    resumed.load_state_dict(state)
+    got = [resumed.sample() for _ in range(10)]
+    assert [p for p, _ in got] == [p for p, _ in expected]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, expected))

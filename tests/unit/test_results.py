@@ -15,7 +15,7 @@ def test_rows_round_trip_and_best_final(tmp_path):
     path = tmp_path / "results.parquet"
     write_results(path, [_row("a", "batch", 0, [0.2, 0.6, 0.5])])
     t = read_results(path)
-    assert t.num_rows == 1 and t.schema.metadata[b"pitfalls.schema_version"] == b"2"
+    assert t.num_rows == 1 and t.schema.metadata[b"pitfalls.schema_version"] == b"3"
     r = t.to_pylist()[0]
     assert r["final_val_accuracy"] == 0.5 and r["best_val_accuracy"] == 0.6
     assert np.isclose(r["best_val_loss"], 0.4) and r["curve_val_accuracy"] == [0.2, 0.6, 0.5]
@@ -56,3 +56,19 @@ def test_version_1_files_read_as_the_current_schema(tmp_path):
     t = read_results(tmp_path / "v1.parquet")
     assert t.schema.equals(SCHEMA) and t["probe_leak_train"].null_count == 1
     assert t["final_val_accuracy"].to_pylist() == [0.5]
+
+
+def test_version_2_files_read_with_carry_hidden_false_and_new_metrics_null(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pitfalls.results.schema import SCHEMA
+
+    new_metrics = ("val_precision", "val_recall", "val_jaccard", "val_wMAE", "val_inMAE",
+                   "val_outMAE", "val_eMAE")
+    dropped = ["carry_hidden", *(f"{k}_{m}" for m in new_metrics for k in ("final", "best", "curve"))]
+    old = pa.Table.from_pylist([_row("a", "batch", 0, [0.5])], schema=SCHEMA).drop_columns(dropped)
+    pq.write_table(old.replace_schema_metadata({"pitfalls.schema_version": "2"}), tmp_path / "v2.parquet")
+    t = read_results(tmp_path / "v2.parquet")
+    assert t.schema.equals(SCHEMA)
+    assert t["carry_hidden"].to_pylist() == [False] and t["final_val_wMAE"].null_count == 1

@@ -1,8 +1,7 @@
 import numpy as np
 
 from pitfalls.config import TrialConfig, TrialParams, parse_study
-from pitfalls.train import train, video_scores
-from pitfalls.train.metrics import summarize
+from pitfalls.train import train
 from tests.helpers import tiny_study
 
 
@@ -31,17 +30,6 @@ def test_training_reduces_loss():
     reports = []
     train(_cfg(norm="batch", epochs=3, steps_per_epoch=15), report=reports.append)
     assert reports[-1]["train_loss"] < reports[0]["train_loss"]
-
-
-def test_video_scores_closed_form():
-    target = np.array([0, 0, 1, 1, 2, 2])
-    pred = np.array([0, 1, 1, 1, 2, 0])
-    acc, f1 = video_scores(pred, target, num_classes=4)
-    assert acc == 4 / 6
-    # class 0: tp1 fp1 fn1 -> 0.5; class 1: tp2 fp1 fn0 -> 0.8; class 2: tp1 fp0 fn1 -> 2/3
-    assert np.isclose(f1, (0.5 + 0.8 + 2 / 3) / 3)
-    s = summarize([(0.5, 0.4), (1.0, 0.8)])
-    assert s["val_accuracy"] == 0.75 and np.isclose(s["val_accuracy_std"], np.std([0.5, 1.0], ddof=1))
 
 
 def test_probes_and_precise_bn_as_study_options():

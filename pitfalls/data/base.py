@@ -1,0 +1,155 @@
+"""What every dataset loads into: videos of frames plus per-frame labels, grouped in splits.
+
+A video's `frames` is anything that slices like a (T, H, W, 3) uint8 array: an in-memory array
+(synthetic), a lazily decoding `FileFrames` (image files on disk), or a read-only `np.memmap`
+view into a packed store. The training loop only ever does `video.frames[start:stop]`, so the
+three sources are interchangeable and a packed store is never copied into a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class DataError(ValueError):
+    """Every problem found in a dataset (file and line where there is one), one per line."""
+
+    def __init__(self, source: str, problems: list[str], limit: int = 30):
+        self.problems = problems
+        shown = problems[:limit]
+        lines = "\n".join(f"  - {p}" for p in shown)
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}{more}")
+
+
+@dataclass(frozen=True)
+class Video:
+    id: str
+    frames: Any  # (T, H, W, 3) uint8, sliceable: np.ndarray, np.memmap or FileFrames
+    phases: np.ndarray  # (T,) int64 phase index per frame
+    tools: np.ndarray  # (T, num_tools) uint8 instrument presence
+
+    def __len__(self) -> int:
+        return len(self.phases)
+
+
+@dataclass(frozen=True)
+class VideoData:
+    """A loaded dataset: its label names and its videos per split ("train", "val", maybe "test")."""
+
+    name: str
+    phase_names: tuple[str, ...]
+    tool_names: tuple[str, ...]
+    splits: dict[str, list[Video]] = field(default_factory=dict)
+    fps: float = 1.0  # frames per second of the (extracted) frames: anticipation works in minutes
+
+    @property
+    def train(self) -> list[Video]:
+        return self.splits.get("train", [])
+
+    @property
+    def val(self) -> list[Video]:
+        return self.splits.get("val", [])
+
+    @property
+    def test(self) -> list[Video]:
+        return self.splits.get("test", [])
+
+
+def frame_number(path: Path) -> int | None:
+    """The frame index in a file name: the last run of digits in its stem (`00000012.jpg` -> 12)."""
+    digits = re.findall(r"\d+", path.stem)
+    return int(digits[-1]) if digits else None
+
+
+def list_frames(folder: Path) -> dict[int, Path]:
+    """Image files of one video folder by frame number (os.scandir: fast on 10^5 files)."""
+    out: dict[int, Path] = {}
+    with os.scandir(folder) as entries:
+        for e in entries:
+            p = Path(e.path)
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                n = frame_number(p)
+                if n is not None:
+                    out[n] = p
+    return out
+
+
+def decode_frame(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
+    """One image file -> (H, W, 3) uint8, resized to `size` = (W, H) if given.
+
+    JPEGs are decoded with `draft`: libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain while
+    decoding, so a frame that is downsized anyway costs a fraction of a full decode.
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if size is not None and img.format == "JPEG":
+            img.draft("RGB", size)
+        img = img.convert("RGB")
+        if size is not None and img.size != tuple(size):
+            img = img.resize(tuple(size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:  # Pillow releases the GIL while decoding: threads scale across cores
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+    return _POOL
+
+
+class FileFrames:
+    """A video's frames as image files, decoded (and resized) only when sliced."""
+
+    def __init__(self, paths: Sequence[str | Path], size: tuple[int, int] | None = None):
+        self.paths = [str(p) for p in paths]
+        self.size = tuple(size) if size is not None else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        if self.size is None:
+            h, w = decode_frame(self.paths[0], None).shape[:2]
+        else:
+            w, h = self.size
+        return (len(self.paths), h, w, 3)
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return decode_frame(self.paths[key], self.size)
+        paths = self.paths[key]
+        if not paths:
+            return np.zeros((0, *self.shape[1:]), dtype=np.uint8)
+        frames = list(_pool().map(lambda p: decode_frame(p, self.size), paths))
+        return np.stack(frames)
+
+
+def summary(videos: Sequence[Video], phase_names: Sequence[str],
+            tool_names: Sequence[str]) -> dict:
+    """Per video: frames, frames per phase, frames with each instrument present (`data check`)."""
+    out = []
+    for v in videos:
+        phase_counts = np.bincount(v.phases, minlength=len(phase_names))
+        tool_counts = v.tools.sum(axis=0) if len(tool_names) else []
+        out.append({
+            "id": v.id,
+            "frames": len(v),
+            "phases": {n: int(c) for n, c in zip(phase_names, phase_counts)},
+            "tools": {n: int(c) for n, c in zip(tool_names, tool_counts)},
+        })
+    return {"videos": out}
