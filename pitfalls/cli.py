@@ -1,4 +1,4 @@
-"""`pitfalls run | report | probe`: parse arguments and the study once, then hand over."""
+"""`pitfalls run | report | probe | data`: parse arguments and the study once, then hand over."""
 
 from __future__ import annotations
 
@@ -125,6 +125,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pitfalls.results.schema import METRICS
+
     parser = argparse.ArgumentParser(prog="pitfalls", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a study (a YAML file) as a Ray Tune sweep")
@@ -145,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--mlflow-experiment", help="read the trials from this MLflow experiment")
     report.add_argument("--mlflow-uri", default=None, help="tracking URI for --mlflow-experiment "
                                                            "(default: $MLFLOW_TRACKING_URI)")
-    report.add_argument("--metric", default="val_accuracy", choices=("val_accuracy", "val_f1",
-                        "val_loss", "train_loss"), help="without a study file (default val_accuracy)")
+    report.add_argument("--metric", default="val_accuracy", choices=METRICS,
+                        help="without a study file (default val_accuracy)")
     report.add_argument("--mode", default="max", choices=("max", "min"))
     report.add_argument("--format", choices=("md", "html", "json", "csv"), default="md",
                         help="md: print (and write comparison.md of a study dir; default); html: "
@@ -159,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "train/eval gap, stale statistics)")
     add_arguments(probe)
     probe.set_defaults(func=_probe)
+    from pitfalls.data.cli import add_arguments as add_data_arguments
+    from pitfalls.data.cli import run as run_data
+
+    data = sub.add_parser("data", help="check a dataset folder, or pack it into a frame store")
+    add_data_arguments(data)
+    data.set_defaults(func=run_data)
     return parser
 
 

@@ -10,9 +10,9 @@ from typing import TextIO
 from ray.tune import Callback
 
 from pitfalls.config import StudySpec
+from pitfalls.results.schema import PARAM_NAMES
 from pitfalls.results.store import trial_row, write_results
 
-PARAM_KEYS = ("norm", "frozen_stages", "seq_len", "videos_per_batch", "lr", "weight_decay", "seed")
 
 
 def _short(config: dict, keys: list[str]) -> str:
@@ -81,7 +81,7 @@ class ResultsRecorder(Callback):
     def _record(self, trial, status: str, error: str | None) -> None:
         tid = trial.trial_id
         self.rows[tid] = trial_row(
-            self.spec.name, tid, {k: trial.config.get(k) for k in PARAM_KEYS},
+            self.spec.name, tid, {k: v for k, v in trial.config.items() if k in PARAM_NAMES},
             self.history.get(tid, []), status=status, error=error,
             duration_s=time.time() - self.started.get(tid, time.time()),
             workers=self.spec.resources.workers)
