@@ -799,7 +799,7 @@ def _check_data(spec: StudySpec, p: _Problems) -> list[int] | None:
         try:
             data = load_data(spec.dataset)
         except DataError as e:
-            p.items.extend(f"dataset ({spec.dataset.name}): {x}" for x in e.problems)
+            p.items.extend(f"dataset ({e.source}): {x}" for x in e.problems)
             return None
         lengths = [len(v) for v in data.train]
         tool_names = data.tool_names

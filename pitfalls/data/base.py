@@ -24,6 +24,7 @@ class DataError(ValueError):
     """Every problem found in a dataset (file and line where there is one), one per line."""
 
     def __init__(self, source: str, problems: list[str], limit: int = 30):
+        self.source = source
         self.problems = problems
         shown = problems[:limit]
         lines = "\n".join(f"  - {p}" for p in shown)

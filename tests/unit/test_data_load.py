@@ -82,3 +82,17 @@ def test_data_check_prints_a_table_or_json_and_fails_with_the_problems(tmp_path,
     assert main(["data", "check", "cholec80", str(tmp_path / "data")]) == 2
     assert "video02-tool.txt is missing" in capsys.readouterr().err
 
+
+
+def test_every_study_snippet_in_docs_data_md_parses():
+    import re
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "data.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 4
+    for block in blocks:
+        parse_study(tiny_study(**yaml.safe_load(block)), check_environment=False)
