@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         outcome = run_study(spec, Path(args.storage) / spec.name, tracking_uri=args.mlflow_uri,
-                            address=args.address)
+                            address=args.address, optuna_storage=args.optuna_storage)
     except StudySetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "in the study directory)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
+    run.add_argument("--optuna-storage", default=None,
+                     help="Optuna storage URL for optuna studies, e.g. postgresql+psycopg2://... "
+                          "(default: $PITFALLS_OPTUNA_STORAGE, else optuna.db in the study directory)")
     run.add_argument("--name", default=None, help="study name (default: the study file's name)")
     run.set_defaults(func=_run)
     report = sub.add_parser("report", help="comparison tables of a study (its directory, a results "

@@ -128,7 +128,8 @@ def _open_parent_run(spec: StudySpec, study_dir: Path, uri: str) -> StudyRun:
 
 
 def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = None,
-              address: str | None = None, out: TextIO = sys.stdout) -> StudyOutcome:
+              address: str | None = None, optuna_storage: str | None = None,
+              out: TextIO = sys.stdout) -> StudyOutcome:
     from ray import tune
 
     from pitfalls.results.report import write_comparison
@@ -160,7 +161,7 @@ def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = No
             param_space=param_space(spec),
             tune_config=tune.TuneConfig(
                 metric=spec.metric.name, mode=spec.metric.mode,
-                search_alg=search_algorithm(spec, study_dir),
+                search_alg=search_algorithm(spec, study_dir, optuna_storage),
                 num_samples=spec.searcher.num_samples if spec.searcher.type == "optuna" else 1,
                 max_concurrent_trials=_max_concurrent(spec, capacity),
                 reuse_actors=spec.resources.workers == 1,

@@ -47,8 +47,17 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
     return space
 
 
-def search_algorithm(spec: StudySpec, study_dir: Path):
-    """None for grid (Tune's variant generator), else an OptunaSearch with sqlite storage."""
+def optuna_storage_url(study_dir: Path, storage: str | None = None) -> str:
+    """The Optuna storage: the given URL (e.g. PostgreSQL, shared with MLflow's database
+    server), else $PITFALLS_OPTUNA_STORAGE, else a sqlite file in the study directory."""
+    import os
+
+    return (storage or os.environ.get("PITFALLS_OPTUNA_STORAGE")
+            or f"sqlite:///{(study_dir / 'optuna.db').resolve()}")
+
+
+def search_algorithm(spec: StudySpec, study_dir: Path, storage: str | None = None):
+    """None for grid (Tune's variant generator), else an OptunaSearch on `optuna_storage_url`."""
     if spec.searcher.type == "grid":
         return None
     import optuna
@@ -60,6 +69,6 @@ def search_algorithm(spec: StudySpec, study_dir: Path):
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "brute_force": lambda: optuna.samplers.BruteForceSampler(seed=seed),
     }[spec.searcher.sampler]()
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / 'optuna.db').resolve()}")
+    storage = optuna.storages.RDBStorage(optuna_storage_url(study_dir, storage))
     return OptunaSearch(sampler=sampler, storage=storage, study_name=spec.name,
                         metric=spec.metric.name, mode=spec.metric.mode)
