@@ -1,4 +1,4 @@
-"""`pitfalls run | report | probe | data`: parse arguments and the study once, then hand over."""
+"""`pitfalls run | resume | report | probe | data`: parse arguments and the study once, then hand over."""
 
 from __future__ import annotations
 
@@ -29,6 +29,22 @@ def _run(args: argparse.Namespace) -> int:
     except StudySetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return _finish(outcome)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from pitfalls.sweep.driver import StudySetupError, resume_study
+
+    try:
+        outcome = resume_study(Path(args.study_dir), tracking_uri=args.mlflow_uri,
+                               address=args.address, optuna_storage=args.optuna_storage)
+    except StudySetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return _finish(outcome)
+
+
+def _finish(outcome) -> int:
     if outcome.table_markdown:
         print()
         print(outcome.table_markdown)
@@ -37,8 +53,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"report:  {outcome.study_dir / 'report.html'}")
     if outcome.failed or outcome.unfinished:
         print(f"{outcome.failed} trial(s) failed, {outcome.unfinished} unfinished, "
-              f"{outcome.completed} completed (errors are in results.parquet and MLflow)",
-              file=sys.stderr)
+              f"{outcome.completed} completed (errors are in results.parquet and MLflow); "
+              f"continue with `pitfalls resume {outcome.study_dir}`", file=sys.stderr)
         return 1
     return 0
 
@@ -144,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: $PITFALLS_OPTUNA_STORAGE, else optuna.db in the study directory)")
     run.add_argument("--name", default=None, help="study name (default: the study file's name)")
     run.set_defaults(func=_run)
+    resume = sub.add_parser("resume", help="continue an interrupted study: finished trials are "
+                                           "kept, the others continue from their checkpoints")
+    resume.add_argument("study_dir", help="the study directory, e.g. runs/quickstart")
+    resume.add_argument("--mlflow-uri", default=None,
+                        help="MLflow tracking URI (default: the one the study started with)")
+    resume.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
+    resume.add_argument("--optuna-storage", default=None,
+                        help="Optuna storage URL, when the study started with one")
+    resume.set_defaults(func=_resume)
     report = sub.add_parser("report", help="comparison tables of a study (its directory, a results "
                                            ".parquet file, or its MLflow experiment)")
     report.add_argument("source", nargs="?", help="study directory or results .parquet file")

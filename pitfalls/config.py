@@ -156,6 +156,16 @@ class ResourceSpec:
 
 
 @dataclass(frozen=True)
+class FaultToleranceSpec:
+    """Retries and checkpoints. A trial checkpoints after every epoch; a retried or resumed
+    trial continues from its last checkpoint instead of starting over."""
+
+    trial_retries: int = 1  # Tune: rerun a failed trial from its checkpoint this many times
+    worker_retries: int = 2  # Ray Train: restart a multi-worker trial's worker group (e.g. a node lost)
+    keep_checkpoints: int = 1  # per trial; a resnet50 + AdamW checkpoint is ~300 MB
+
+
+@dataclass(frozen=True)
 class SearcherSpec:
     type: str = "grid"
     sampler: str = "tpe"
@@ -211,6 +221,7 @@ class StudySpec:
     description: str = ""
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     augmentation: AugmentSpec = field(default_factory=AugmentSpec)
+    fault_tolerance: FaultToleranceSpec = field(default_factory=FaultToleranceSpec)
 
     @property
     def num_trials(self) -> int:
@@ -229,6 +240,7 @@ class StudySpec:
             "dataset": {"name": self.dataset.name, "options": _plain(asdict(self.dataset.options))},
             "task": ({"name": "phase"} if self.task.name == "phase" else _plain(asdict(self.task))),
             "augmentation": asdict(self.augmentation),
+            "fault_tolerance": asdict(self.fault_tolerance),
             "model": {
                 "backbone": self.model.backbone,
                 "weights": self.model.weights,
@@ -641,7 +653,8 @@ def name_problem(name: Any) -> str | None:
 
 
 STUDY_KEYS = ("name", "description", "dataset", "task", "model", "budget", "evaluation",
-              "augmentation", "resources", "searcher", "seeds", "metric", "search_space")
+              "augmentation", "fault_tolerance", "resources", "searcher", "seeds", "metric",
+              "search_space")
 
 
 def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None,
@@ -661,6 +674,9 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
     dataset = _parse_dataset(raw.get("dataset"), p)
     task = _parse_task(raw.get("task"), p)
     augmentation = _parse_augmentation(raw.get("augmentation"), p)
+    fault_tolerance = _dataclass_from(
+        FaultToleranceSpec, _mapping(raw.get("fault_tolerance"), "fault_tolerance", p),
+        "fault_tolerance", p, {"trial_retries": 0, "worker_retries": 0, "keep_checkpoints": 1})
     model = _parse_model(raw.get("model"), p, check_files=check_environment)
     budget = _dataclass_from(BudgetSpec, _mapping(raw.get("budget"), "budget", p), "budget", p,
                              minimums={"epochs": 1, "steps_per_epoch": 1})
@@ -697,7 +713,7 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
     spec = StudySpec(name=name, description=str(raw.get("description", "")), dataset=dataset,
                      task=task, model=model, budget=budget, resources=resources, searcher=searcher,
                      seeds=tuple(seeds), metric=metric, search_space=space, evaluation=evaluation,
-                     augmentation=augmentation)
+                     augmentation=augmentation, fault_tolerance=fault_tolerance)
     if check_environment:  # runs even after other problems, so one error lists them all
         _check_against_data_and_model(spec, p)
     if p.items:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import TextIO
 
@@ -62,28 +64,80 @@ class ConsoleProgress(Callback):
         self._line(trial, "FAILED", _error_text(trial)[:200])
 
 
+HISTORY_FILE = "history.jsonl"
+
+
+def _plain(result: dict) -> dict:
+    """The JSON-able scalars of a Tune result (our metrics; Tune's own keys are harmless)."""
+    return {k: v for k, v in result.items()
+            if isinstance(v, (int, float, str, bool)) and not k.startswith("config")}
+
+
 class ResultsRecorder(Callback):
-    """Collects each trial's epoch reports and rewrites results.parquet as trials finish."""
+    """Collects each trial's epoch reports and rewrites results.parquet as trials finish.
+
+    Every report is also appended to `history.jsonl` in the study directory, so a resumed study
+    (a new driver process) still has the epochs reported before the interruption; epochs are
+    keyed by number, so an epoch re-run after a restart replaces its earlier report.
+    """
 
     def __init__(self, spec: StudySpec, path: Path):
         self.spec, self.path = spec, path
-        self.history: dict[str, list[dict]] = {}
-        self.started: dict[str, float] = {}
+        self.history: dict[str, dict[int, dict]] = {}
+        self.spans: dict[tuple[str, str], list[float]] = {}  # (trial, session) -> [first, last]
         self.rows: dict[str, dict] = {}
+        self.session = uuid.uuid4().hex[:8]
+
+    @property
+    def history_path(self) -> Path:
+        return self.path.parent / HISTORY_FILE
+
+    def setup(self, **info):
+        """Load what earlier sessions of this study recorded (nothing for a new study). A resumed
+        study gets this object back from Tune's pickled state: a new session starts here."""
+        from pitfalls.results.store import read_results
+
+        self.session = uuid.uuid4().hex[:8]
+        self.history, self.spans, self.rows = {}, {}, {}
+        if self.path.exists():
+            self.rows = {r["trial_id"]: r for r in read_results(self.path).to_pylist()}
+        if self.history_path.exists():
+            for line in self.history_path.read_text().splitlines():
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                self._apply(event)
+
+    def _apply(self, event: dict) -> None:
+        tid, t = event["trial_id"], event["time"]
+        span = self.spans.setdefault((tid, event["session"]), [t, t])
+        span[0], span[1] = min(span[0], t), max(span[1], t)
+        for metrics in event.get("epochs", []):
+            self.history.setdefault(tid, {})[int(metrics["epoch"])] = metrics
+
+    def _event(self, trial, epochs: list[dict]) -> None:
+        event = {"trial_id": trial.trial_id, "session": self.session, "time": time.time(),
+                 "epochs": epochs}
+        self._apply(event)
+        with self.history_path.open("a") as f:
+            f.write(json.dumps(event) + "\n")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.started.setdefault(trial.trial_id, time.time())
-        self.history[trial.trial_id] = []  # a restarted trial reports its epochs again
+        self._event(trial, [])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.history.setdefault(trial.trial_id, []).append(dict(result))
+        epochs = [_plain(h) for h in result.get("history", [])] or [_plain(result)]
+        self._event(trial, [e for e in epochs if "epoch" in e])
 
     def _record(self, trial, status: str, error: str | None) -> None:
         tid = trial.trial_id
+        self._event(trial, [])
+        history = [m for _, m in sorted(self.history.get(tid, {}).items())]
+        duration = sum(b - a for (t, _), (a, b) in self.spans.items() if t == tid)
         self.rows[tid] = trial_row(
             self.spec.name, tid, {k: v for k, v in trial.config.items() if k in PARAM_NAMES},
-            self.history.get(tid, []), status=status, error=error,
-            duration_s=time.time() - self.started.get(tid, time.time()),
+            history, status=status, error=error, duration_s=duration,
             workers=self.spec.resources.workers)
         write_results(self.path, list(self.rows.values()))
 

@@ -2,7 +2,9 @@
 
 The study directory holds everything needed to inspect or rebuild the study:
   study.yaml        the resolved study (search space inlined)
-  state.json        the study's identity: study id, MLflow URI, experiment and parent run
+  state.json        the study's identity (study id, MLflow URI, experiment and parent run) and
+                    the study as it started: `pitfalls resume` refuses a study edited since
+  history.jsonl     every epoch report as it arrived (so a resumed driver still has them)
   tune/             Tune's experiment state;  train/  Ray Train runs of multi-worker trials
   results.parquet   one row per trial (pitfalls.results.schema), written as trials finish
   comparison.md     the comparison table;  logs/ray.log  Ray's own output
@@ -87,6 +89,36 @@ def _trial_resources(spec: StudySpec, capacity: dict[str, float]) -> dict[str, f
     return {DRIVER_RESOURCE: 1} if capacity.get(DRIVER_RESOURCE) else {"CPU": 0.01}
 
 
+STATE_FILE = "state.json"
+
+
+def study_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Fields that differ between two resolved studies, as `path: old -> new`."""
+    changes = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += study_changes(a, b, path + ".")
+        elif a != b:
+            changes.append(f"{path}: {a!r} -> {b!r}")
+    return changes
+
+
+def _refuse_existing(spec: StudySpec, study_dir: Path) -> None:
+    state = study_dir / STATE_FILE
+    started = json.loads(state.read_text()).get("study") if state.exists() else None
+    changes = study_changes(started, spec.to_dict()) if started else []
+    how = f"resume it with `pitfalls resume {study_dir}`"
+    if changes:
+        raise StudyExistsError(
+            f"{study_dir} already holds study {spec.name!r}, started with another definition "
+            f"(changed: {'; '.join(changes)}); {how} (it runs the study as it started), or "
+            "choose another --name or --storage for the new definition")
+    raise StudyExistsError(f"{study_dir} already holds this study; {how}, or choose another "
+                           "--name or --storage, or delete that directory to start over")
+
+
 def prepare_study_dir(spec: StudySpec, study_dir: Path, tracking_uri: str | None) -> StudyRun:
     """Create the study directory and its MLflow parent run; refuse an existing study.
 
@@ -94,9 +126,7 @@ def prepare_study_dir(spec: StudySpec, study_dir: Path, tracking_uri: str | None
     is removed again if the parent run cannot be opened: a failed start leaves nothing behind.
     """
     if (study_dir / "study.yaml").exists():
-        raise StudyExistsError(
-            f"{study_dir} already holds a study; choose another --name or --storage, "
-            f"or delete that directory to start over")
+        _refuse_existing(spec, study_dir)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(study_dir)
     problem = check_reachable(uri)
     if problem:
@@ -110,8 +140,8 @@ def prepare_study_dir(spec: StudySpec, study_dir: Path, tracking_uri: str | None
         if created:
             shutil.rmtree(study_dir, ignore_errors=True)
         raise StudySetupError(f"cannot open the study's MLflow run at {uri}: {e}") from e
+    (study_dir / STATE_FILE).write_text(json.dumps({**run.__dict__, "study": spec.to_dict()}, indent=2))
     (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    (study_dir / "state.json").write_text(json.dumps(run.__dict__, indent=2))
     return run
 
 
@@ -130,6 +160,54 @@ def _open_parent_run(spec: StudySpec, study_dir: Path, uri: str) -> StudyRun:
 def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = None,
               address: str | None = None, optuna_storage: str | None = None,
               out: TextIO = sys.stdout) -> StudyOutcome:
+    """Start a new study in `study_dir` (which must not hold one yet)."""
+    study_dir = study_dir.resolve()
+    if address is None and (problem := resource_problem(spec, local_capacity())):
+        raise StudySetupError(problem)
+    study_run = prepare_study_dir(spec, study_dir, tracking_uri)
+    print(f"study {spec.name}: {spec.num_trials} trials -> {study_dir}", file=out)
+    return _execute(spec, study_dir, study_run, address, optuna_storage, out, restore=False)
+
+
+def load_study_dir(study_dir: Path) -> tuple[StudySpec, dict]:
+    """The study in a study directory and its state; refuses a study edited since it started."""
+    from pitfalls.config import StudyError, parse_study
+
+    study_file, state_file = study_dir / "study.yaml", study_dir / STATE_FILE
+    if not study_file.exists() or not state_file.exists():
+        raise StudySetupError(f"{study_dir} holds no study (no study.yaml and {STATE_FILE}); "
+                              "start one with `pitfalls run STUDY`")
+    state = json.loads(state_file.read_text())
+    raw = yaml.safe_load(study_file.read_text())
+    if "study" in state and (changes := study_changes(state["study"], raw)):
+        raise StudySetupError(
+            f"{study_file} was edited since the study started ({'; '.join(changes)}); a resumed "
+            "study must run as it started: undo the edit, or run the new definition as a new "
+            "study (`pitfalls run FILE --name NEW`)")
+    try:
+        spec = parse_study(raw, source=str(study_file), base_dir=study_dir)
+    except StudyError as e:  # e.g. the dataset is no longer where it was
+        raise StudySetupError(str(e)) from None
+    return spec, state
+
+
+def resume_study(study_dir: Path, *, tracking_uri: str | None = None, address: str | None = None,
+                 optuna_storage: str | None = None, out: TextIO = sys.stdout) -> StudyOutcome:
+    """Continue an interrupted study: finished trials stay as they are, unfinished and failed
+    ones continue from their last checkpoint, in the same MLflow runs and Parquet rows."""
+    study_dir = study_dir.resolve()
+    spec, state = load_study_dir(study_dir)
+    uri = tracking_uri or state["tracking_uri"]
+    if problem := check_reachable(uri):
+        raise StudySetupError(f"cannot reach the MLflow tracking server at {uri}: {problem}")
+    quiet_logging(study_dir / "logs" / "ray.log")
+    study_run = open_study_run(uri, spec.name, state["study_id"], {})  # re-found by its tag
+    print(f"resuming study {spec.name}: {spec.num_trials} trials in {study_dir}", file=out)
+    return _execute(spec, study_dir, study_run, address, optuna_storage, out, restore=True)
+
+
+def _execute(spec: StudySpec, study_dir: Path, study_run: StudyRun, address: str | None,
+             optuna_storage: str | None, out: TextIO, restore: bool) -> StudyOutcome:
     from ray import tune
 
     from pitfalls.results.report import write_comparison
@@ -139,14 +217,8 @@ def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = No
     from pitfalls.sweep.tracking import close_study_run
     from pitfalls.sweep.trial import TrialContext, run_trial
 
-    study_dir = study_dir.resolve()
-    if address is None and (problem := resource_problem(spec, local_capacity())):
-        raise StudySetupError(problem)
-    study_run = prepare_study_dir(spec, study_dir, tracking_uri)
-    print(f"study {spec.name}: {spec.num_trials} trials -> {study_dir}", file=out)
     print(f"mlflow: {study_run.tracking_uri} (experiment {spec.name!r}, parent run "
           f"{study_run.parent_run_id})", file=out, flush=True)
-
     recorder = ResultsRecorder(spec, study_dir / RESULTS_FILE)
     try:  # whatever happens from here on, the parent run is closed with an honest status
         init_ray(address, study_dir / "logs" / "ray.log")
@@ -156,24 +228,33 @@ def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = No
         ctx = TrialContext(spec, study_run, str(study_dir))
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         _trial_resources(spec, capacity))
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=spec.metric.name, mode=spec.metric.mode,
-                search_alg=search_algorithm(spec, study_dir, optuna_storage),
-                num_samples=spec.searcher.num_samples if spec.searcher.type == "optuna" else 1,
-                max_concurrent_trials=_max_concurrent(spec, capacity),
-                reuse_actors=spec.resources.workers == 1,
-            ),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
-                callbacks=[ConsoleProgress(spec, out), recorder],
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
+        tune_dir = study_dir / TUNE_DIR
+        if restore and tune.Tuner.can_restore(str(tune_dir)):
+            # Tune's state (trials, searcher, callbacks) is unpickled from the study directory.
+            tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True,
+                                       resume_errored=True, param_space=param_space(spec))
+        else:
+            ft = spec.fault_tolerance
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(spec),
+                tune_config=tune.TuneConfig(
+                    metric=spec.metric.name, mode=spec.metric.mode,
+                    search_alg=search_algorithm(spec, study_dir, optuna_storage),
+                    num_samples=spec.searcher.num_samples if spec.searcher.type == "optuna" else 1,
+                    max_concurrent_trials=_max_concurrent(spec, capacity),
+                    reuse_actors=spec.resources.workers == 1,
+                ),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
+                    callbacks=[ConsoleProgress(spec, out), recorder],
+                    failure_config=tune.FailureConfig(max_failures=ft.trial_retries),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=ft.keep_checkpoints),
+                ),
+            )
         tuner.fit()
     finally:
+        recorder.setup()  # what every session recorded (a restored Tuner has its own copy)
         statuses = [r["status"] for r in recorder.rows.values()]
         completed, failed = statuses.count("completed"), statuses.count("failed")
         unfinished = max(spec.num_trials - completed - failed, 0)

@@ -56,7 +56,9 @@ def init_ray(address: str | None, log_file: Path) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+        # "local": always a new instance; with no address Ray would join any Ray instance it
+        # finds running on this machine (another user's, a stale one from a killed driver).
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  resources={DRIVER_RESOURCE: 1000}, **kwargs)
     quiet_logging(log_file)  # ray.init may have installed its own handlers
 

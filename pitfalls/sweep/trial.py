@@ -29,6 +29,9 @@ def trial_run_name(trial_id: str, params: TrialParams, varied: list[str]) -> str
     return " ".join([trial_id, *shown, f"seed={params.seed}"])
 
 
+STATE_FILE = "state.pt"
+
+
 def run_trial(config: dict, *, ctx: TrialContext) -> None:
     """Tune function trainable."""
     import ray.tune
@@ -38,7 +41,7 @@ def run_trial(config: dict, *, ctx: TrialContext) -> None:
     run_id = open_trial_run(ctx.study_run, trial_id,
                             trial_run_name(trial_id, cfg.params, ctx.study.search_space.varied_factors),
                             cfg.params.as_dict())
-    logger = TrialLogger(ctx.study_run.tracking_uri, run_id)
+    logger = TrialLogger(ctx.study_run.tracking_uri, run_id, pending_dir(ctx.study_dir))
     try:
         if ctx.study.resources.workers == 1:
             _train_in_process(cfg, logger)
@@ -50,7 +53,66 @@ def run_trial(config: dict, *, ctx: TrialContext) -> None:
     logger.finish()
 
 
+def pending_dir(study_dir: str | Path) -> Path:
+    """Where metrics that could not reach MLflow wait to be sent (see TrialLogger)."""
+    return Path(study_dir) / "logs" / "mlflow-pending"
+
+
+class EpochLog:
+    """MLflow logging of epochs that survives restarts without duplicates: each epoch is logged
+    after its checkpoint is saved, an epoch MLflow already has is not logged again (a trial
+    resumed from an older checkpoint re-runs it, with the same numbers), and epochs that a
+    checkpoint holds but MLflow lacks (killed between the two) are logged on restore."""
+
+    def __init__(self, logger: TrialLogger):
+        self.logger = logger
+        self.logged = logged_epochs(logger)
+
+    def log(self, metrics: dict) -> None:
+        if int(metrics["epoch"]) not in self.logged:
+            self.logger.log_epoch(metrics)
+            self.logged.add(int(metrics["epoch"]))
+
+    def restore(self, history: list[dict]) -> None:
+        for metrics in history:
+            self.log(metrics)
+
+
+def logged_epochs(logger: TrialLogger) -> set[int]:
+    try:
+        return {m.step for m in logger.client.get_metric_history(logger.run_id, "train_loss")}
+    except Exception:  # tracking server unreachable: the logger's pending file keeps order
+        return set()
+
+
+def tune_metrics(metrics: dict, state: dict, epochs: int) -> dict:
+    """What Tune sees of an epoch: the metrics, plus the whole history at the last epoch (so the
+    results row has every epoch even when earlier ones were reported before a restart)."""
+    if state["epoch"] == epochs:
+        return {**metrics, "history": state["history"]}
+    return metrics
+
+
+def save_state(state: dict, directory: str) -> None:
+    import torch
+
+    torch.save(state, Path(directory) / STATE_FILE)
+
+
+def load_state(checkpoint) -> dict | None:
+    """The training state in a Ray checkpoint (None when there is none). The file was written by
+    this study's own trials: restoring unpickles it, so a study directory must be trusted."""
+    import torch
+
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
 def _train_in_process(cfg: TrialConfig, logger: TrialLogger) -> None:
+    import tempfile
+
     import ray.tune
     import torch
 
@@ -59,16 +121,25 @@ def _train_in_process(cfg: TrialConfig, logger: TrialLogger) -> None:
     res = cfg.study.resources
     torch.set_num_threads(max(1, int(res.cpus_per_worker)))
     device = torch.device("cuda" if res.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
+    epochs = EpochLog(logger)
+    resume = load_state(ray.tune.get_checkpoint())
+    if resume is not None:
+        epochs.restore(resume["history"])
 
-    def report(metrics: dict) -> None:
-        logger.log_epoch(metrics)
-        ray.tune.report(metrics)
+    def report(metrics: dict, state: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(state, tmp)
+            ray.tune.report(tune_metrics(metrics, state, cfg.study.budget.epochs),
+                            checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+        epochs.log(metrics)
 
-    train(cfg, report=report, device=device)
+    train(cfg, report=report, device=device, resume=resume, snapshot=True)
 
 
 def _worker_loop(loop_config: dict) -> None:
     """Runs in every Ray Train worker; the process group is already set up (gloo/nccl)."""
+    import tempfile
+
     import ray.train
     import ray.train.torch
     import torch
@@ -78,14 +149,25 @@ def _worker_loop(loop_config: dict) -> None:
     cfg: TrialConfig = loop_config["cfg"]
     torch.set_num_threads(max(1, int(cfg.study.resources.cpus_per_worker)))
     rank = ray.train.get_context().get_world_rank()
-    logger = TrialLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    epochs = None
+    if rank == 0:
+        epochs = EpochLog(TrialLogger(loop_config["tracking_uri"], loop_config["run_id"],
+                                      pending_dir(loop_config["study_dir"])))
+    resume = load_state(ray.train.get_checkpoint())
+    if resume is not None and epochs is not None:
+        epochs.restore(resume["history"])
 
-    def report(metrics: dict) -> None:
-        if logger is not None:
-            logger.log_epoch(metrics)
-        ray.train.report(metrics)  # a barrier: every rank reports the same (gathered) metrics
+    def report(metrics: dict, state: dict) -> None:
+        shown = tune_metrics(metrics, state, cfg.study.budget.epochs)
+        if rank != 0:  # a barrier: every rank reports the same (gathered) metrics
+            ray.train.report(shown, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(state, tmp)
+            ray.train.report(shown, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        epochs.log(metrics)
 
-    train(cfg, report=report, device=ray.train.torch.get_device())
+    train(cfg, report=report, device=ray.train.torch.get_device(), resume=resume, snapshot=True)
 
 
 def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, run_id: str) -> None:
@@ -94,19 +176,22 @@ def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, ru
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = cfg.study.resources
+    ft = cfg.study.fault_tolerance
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:
         per_worker["GPU"] = res.gpus_per_worker
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg, "tracking_uri": ctx.study_run.tracking_uri, "run_id": run_id},
+        train_loop_config={"cfg": cfg, "tracking_uri": ctx.study_run.tracking_uri, "run_id": run_id,
+                           "study_dir": ctx.study_dir},
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=trial_id,  # stable across restarts, so a restored trial finds its Train run
             storage_path=str(Path(ctx.study_dir, "train").resolve()),
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            failure_config=ray.train.FailureConfig(max_failures=ft.worker_retries),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ft.keep_checkpoints),
         ),
     )
     trainer.fit()

@@ -120,9 +120,28 @@ def _reset_lanes(state: State | None, reset: np.ndarray, device: torch.device) -
     return (state[0].detach() * keep, state[1].detach() * keep)
 
 
+def _rank_state(d: Distributed, aug_rng: torch.Generator, state: State | None) -> list[dict]:
+    """Per-rank parts of a checkpoint (augmentation RNG, carried LSTM state), from every rank."""
+    mine = {"aug_rng": aug_rng.get_state(),
+            "hidden": None if state is None else tuple(t.detach().cpu() for t in state)}
+    if d.world_size == 1:
+        return [mine]
+    parts: list = [None] * d.world_size
+    dist.all_gather_object(parts, mine)
+    return parts
+
+
 def train(cfg: TrialConfig, report: Report = lambda m: None,
-          device: torch.device | None = None) -> dict:
-    """Train one trial; return the last epoch's metrics."""
+          device: torch.device | None = None, *, resume: dict | None = None,
+          snapshot: bool = False) -> dict:
+    """Train one trial; return the last epoch's metrics.
+
+    `snapshot=True`: every epoch ends with `report(metrics, state)`, where `state` is everything
+    needed to continue exactly from there (model, optimizer, samplers, RNGs, carried LSTM state,
+    the metrics so far); `resume=state` continues such a run at the next epoch, bit for bit as
+    if it had not stopped (same world size). The Ray layer stores `state` as the trial's
+    checkpoint; plain callers get `report(metrics)`.
+    """
     d = Distributed.current()
     p, study = cfg.params, cfg.study
     device = device or torch.device("cpu")
@@ -162,7 +181,23 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
     precise_bn = study.evaluation.precise_bn_batches if batch_stat_layers(model) else 0
     metrics: dict = {}
     state: State | None = None
-    for epoch in range(1, study.budget.epochs + 1):
+    history: list[dict] = []
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        sampler.load_state_dict(resume["sampler"])
+        extra.load_state_dict(resume["extra_sampler"])
+        torch.set_rng_state(resume["torch_rng"])
+        ranks = resume["ranks"]
+        if len(ranks) == d.world_size:  # per-rank parts only fit the same world size
+            aug_rng.set_state(ranks[d.rank]["aug_rng"])
+            hidden = ranks[d.rank]["hidden"]
+            state = None if hidden is None else tuple(t.to(device) for t in hidden)
+        history = list(resume["history"])
+        metrics = dict(history[-1]) if history else {}
+        first_epoch = resume["epoch"] + 1
+    for epoch in range(first_epoch, study.budget.epochs + 1):
         net.train()
         t0, losses = time.perf_counter(), []
         for _ in range(study.budget.steps_per_epoch):
@@ -203,5 +238,15 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
         }
         if epoch == study.budget.epochs and study.evaluation.probes:
             metrics.update(_probe(model, val_videos, p.seq_len, device, task, extra_batches(4)))
-        report(metrics)
+        history.append(metrics)
+        if not snapshot:
+            report(metrics)
+            continue
+        ranks = _rank_state(d, aug_rng, state if p.carry_hidden else None)
+        report(metrics, {
+            "epoch": epoch, "history": list(history), "ranks": ranks,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(), "extra_sampler": extra.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        })
     return metrics

@@ -126,3 +126,38 @@ def test_real_dataset_options_round_trip_and_are_checked():
     for part in ("dataset.options.root: None is required", "dataset.options.split: '50/50' is not a split; valid: 40/8/32, 32/8/40",
                  "dataset.options.frame_size: [3] must be [width, height]", "dataset.options.colour"):
         assert part in msg
+
+
+@pytest.mark.parametrize("carry, norm", [(False, "batch"), (True, "group")])
+def test_resuming_from_a_snapshot_continues_exactly(carry, norm):
+    """Stop after epoch 2 of 3, resume from the snapshot: the same numbers as one straight run."""
+    import copy
+    import io
+
+    study = _study(budget={"epochs": 3, "steps_per_epoch": 3}, augmentation={"hflip": 0.5, "min_crop": 0.8},
+                   evaluation={"precise_bn_batches": 1})
+    cfg = TrialConfig(study, TrialParams(norm, 1, 4, 2, 1e-3, 1e-4, 0, carry))
+    straight = []
+    train(cfg, report=lambda m, s: straight.append(m), snapshot=True)
+
+    states = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(m, s):
+        buf = io.BytesIO()
+        torch.save(s, buf)  # a checkpoint is a torch file: the state must survive it
+        states.append(buf.getvalue())
+        if m["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, report=stop_after_two, snapshot=True)
+    resumed = []
+    state = torch.load(io.BytesIO(states[-1]), weights_only=False)
+    final = train(cfg, report=lambda m, s: resumed.append((m, s)), resume=copy.deepcopy(state), snapshot=True)
+    assert [m["epoch"] for m, _ in resumed] == [3]
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert final[key] == straight[-1][key]
+    assert [h["epoch"] for h in resumed[-1][1]["history"]] == [1, 2, 3]

@@ -1,0 +1,86 @@
+"""Stop a study any way you like, `pitfalls resume`, and every trial ends up exactly once:
+the driver is SIGKILLed at several points of a small study, then resumed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+from tests.helpers import tiny_study
+
+pytestmark = pytest.mark.integration
+
+EPOCHS, TRIALS = 3, 4
+# Lines the driver prints: 2 headers, then per trial 1 start + EPOCHS results + 1 done.
+LINES = 2 + TRIALS * (EPOCHS + 2)
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "pitfalls.cli", *map(str, args)]
+
+
+def _completed(study_dir) -> dict[str, float]:
+    path = study_dir / "results.parquet"
+    if not path.exists():
+        return {}
+    rows = pq.read_table(path).to_pylist()
+    return {r["trial_id"]: r["final_val_accuracy"] for r in rows if r["status"] == "completed"}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    kill_after_line = int(rng.integers(3, LINES - 1))  # a random point between start and end
+    extra_delay = float(rng.uniform(0, 2))
+    study = tmp_path / "study.yaml"
+    raw = tiny_study(name="killed", budget={"epochs": EPOCHS, "steps_per_epoch": 8}, seeds=[0, 1])
+    study.write_text(yaml.safe_dump(raw))
+    study_dir = tmp_path / "runs" / "killed"
+
+    proc = subprocess.Popen(_cli("run", study, "--storage", tmp_path / "runs"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if len(seen) >= kill_after_line:
+            break
+    time.sleep(extra_delay)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and whatever it started, no clean-up
+    proc.wait()
+    killed_at = time.time()
+    done_before = _completed(study_dir)
+
+    resumed = subprocess.run(_cli("resume", study_dir), cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    context = f"killed after line {kill_after_line}:\n{''.join(seen)}\n{resumed.stdout[-2000:]}{resumed.stderr[-3000:]}"
+    assert resumed.returncode == 0, context
+
+    rows = pq.read_table(study_dir / "results.parquet").to_pylist()
+    assert len(rows) == TRIALS and len({r["trial_id"] for r in rows}) == TRIALS, context
+    assert {r["status"] for r in rows} == {"completed"}
+    assert all(len(r["curve_val_accuracy"]) == EPOCHS for r in rows), context
+    for tid, final in done_before.items():  # finished before the kill: kept as they were
+        assert next(r for r in rows if r["trial_id"] == tid)["final_val_accuracy"] == final
+
+    client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("killed")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("pitfalls.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("pitfalls.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", context
+    assert sorted(c.data.tags["pitfalls.trial_id"] for c in children) == sorted(r["trial_id"] for r in rows)
+    for c in children:
+        assert c.info.status == "FINISHED", context
+        history = client.get_metric_history(c.info.run_id, "train_loss")
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), context  # each epoch once
+        if c.data.tags["pitfalls.trial_id"] in done_before:  # not trained again after the kill
+            assert all(m.timestamp / 1000 < killed_at for m in history), context
