@@ -1,14 +1,20 @@
-"""Shared fixtures: one Ray instance per test session, a real MLflow server on 127.0.0.1."""
+"""Shared fixtures: one Ray instance per test session, a real MLflow server on 127.0.0.1 (sqlite
+or PostgreSQL backend), a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,36 +39,181 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class MlflowServer:
+    """A real `mlflow server` process on 127.0.0.1 (one worker, no job runner: ~20 s to healthy
+    on 2 cores). `stop()` and `start()` again keep the port and the backend store.
+
+    The backend store URI goes to the server through `MLFLOW_BACKEND_STORE_URI`, not its command
+    line, so a database password in it is not shown by `ps`.
+    """
+
+    def __init__(self, root: Path, backend_store_uri: str, port: int | None = None):
+        self.root = root
+        self.backend_store_uri = backend_store_uri
+        self.port = port or _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> float:
+        """Start the server and wait until /health answers; return the seconds it took."""
+        exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+               "MLFLOW_BACKEND_STORE_URI": self.backend_store_uri}
+        t0 = time.monotonic()
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [exe, "server", "--artifacts-destination", str(self.root / "artifacts"),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return time.monotonic() - t0
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() - t0 > timeout_s:
+                self.stop()
+                raise RuntimeError(f"mlflow server did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server and every process it started (its own process group)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` process (sqlite backend), started and stopped here."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [exe, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
+    server = MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}")
+    server.start()
+    yield server.uri
+    server.stop()
+
+
+# --- a throwaway PostgreSQL server -------------------------------------------------------------
+
+#: SQLAlchemy URL scheme for PostgreSQL with the psycopg2 driver (the project's dependency);
+#: MLflow's server and Optuna's RDBStorage both take it.
+PG_SCHEME = "postgresql+psycopg2"
+PG_USER = "pitfalls"
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running throwaway PostgreSQL: `url(db)` is a SQLAlchemy URL with the password in it."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    databases: tuple[str, ...]
+
+    def url(self, database: str, *, with_password: bool = True) -> str:
+        auth = f"{self.user}:{self.password}" if with_password else self.user
+        return f"{PG_SCHEME}://{auth}@{self.host}:{self.port}/{database}"
+
+
+def postgres_bin_dir() -> Path | None:
+    """The newest Debian PostgreSQL server binaries (/usr/lib/postgresql/<v>/bin), else the
+    directory of an `initdb` on PATH; None when PostgreSQL is not installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).resolve().parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for this test session: `initdb` into a temporary directory, started
+    with `pg_ctl` on a free port on 127.0.0.1 (password auth over TCP), with the databases
+    `mlflow` and `optuna`; stopped and deleted at the end. As root it runs as the `postgres`
+    system user (PostgreSQL refuses to run as root)."""
+    # .ci/run sets PITFALLS_REQUIRE_POSTGRES=1: there a missing server fails instead of skipping
+    unavailable = pytest.fail if os.environ.get("PITFALLS_REQUIRE_POSTGRES") == "1" else pytest.skip
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        unavailable("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin or initdb "
+                    "on PATH); install Debian's `postgresql` package (.ci/run does)")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
         try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield uri
-    proc.terminate()
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            unavailable("running as root and there is no `postgres` system user to run "
+                        "PostgreSQL as (Debian's `postgresql` package creates it)")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    base = Path(tempfile.mkdtemp(prefix="pitfalls-pg-"))  # not under pytest's root-only tmp dir
+    data = base / "data"
+    if as_user:
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    password = "pw-" + secrets.token_hex(12)
+    (base / "pwfile").write_text(password + "\n")
+    if as_user:
+        os.chown(base / "pwfile", pw.pw_uid, pw.pw_gid)
+    port = _free_port()
+
+    def run(*cmd: str) -> None:
+        proc = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                               f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+    started = False
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        run(str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={base / 'pwfile'}",
+            "--auth-host=scram-sha-256", "--auth-local=trust", "--encoding=UTF8",
+            "--no-sync", "--no-instructions")
+        (base / "pwfile").unlink()
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"), "-w",
+            "-t", "60", "-o", f"-p {port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={base} -c fsync=off -c full_page_writes=off "
+            f"-c synchronous_commit=off", "start")
+        started = True
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=password,
+                                dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for db in ("mlflow", "optuna"):
+                cur.execute(f"CREATE DATABASE {db}")
+        conn.close()
+        yield Postgres("127.0.0.1", port, PG_USER, password, ("mlflow", "optuna"))
+    finally:
+        if started:
+            subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                            "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres) -> str:
+    """SQLAlchemy URL of the throwaway PostgreSQL's `optuna` database (password included)."""
+    return postgres.url("optuna")
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_server(tmp_path_factory, postgres):
+    """A real `mlflow server` whose backend store is the throwaway PostgreSQL's `mlflow`
+    database (a password in the URL, given through the environment)."""
+    root = tmp_path_factory.mktemp("mlflow-pg-server")
+    server = MlflowServer(root, postgres.url("mlflow"))
+    server.start(timeout_s=180)
+    yield server
+    server.stop()

@@ -169,6 +169,21 @@ def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = No
     return _execute(spec, study_dir, study_run, address, optuna_storage, out, restore=False)
 
 
+def _flush_pending(uri: str, study_dir: Path, out: TextIO) -> None:
+    """Send metrics that trials could not send while the tracking server was unreachable."""
+    from pitfalls.sweep.trial import pending_dir
+    from pitfalls.sweep.tracking import flush_pending
+
+    directory = pending_dir(study_dir)
+    if not directory.exists():
+        return
+    sent, left = flush_pending(uri, directory)
+    if sent or left:
+        print(f"mlflow: sent {sent} record(s) that trials could not send earlier"
+              + (f"; {left} still pending in {directory} (sent by `pitfalls resume`)" if left else ""),
+              file=out, flush=True)
+
+
 def load_study_dir(study_dir: Path) -> tuple[StudySpec, dict]:
     """The study in a study directory and its state; refuses a study edited since it started."""
     from pitfalls.config import StudyError, parse_study
@@ -201,6 +216,7 @@ def resume_study(study_dir: Path, *, tracking_uri: str | None = None, address: s
     if problem := check_reachable(uri):
         raise StudySetupError(f"cannot reach the MLflow tracking server at {uri}: {problem}")
     quiet_logging(study_dir / "logs" / "ray.log")
+    _flush_pending(uri, study_dir, out)  # metrics an earlier session could not send
     study_run = open_study_run(uri, spec.name, state["study_id"], {})  # re-found by its tag
     print(f"resuming study {spec.name}: {spec.num_trials} trials in {study_dir}", file=out)
     return _execute(spec, study_dir, study_run, address, optuna_storage, out, restore=True)
@@ -254,6 +270,7 @@ def _execute(spec: StudySpec, study_dir: Path, study_run: StudyRun, address: str
             )
         tuner.fit()
     finally:
+        _flush_pending(study_run.tracking_uri, study_dir, out)
         recorder.setup()  # what every session recorded (a restored Tuner has its own copy)
         statuses = [r["status"] for r in recorder.rows.values()]
         completed, failed = statuses.count("completed"), statuses.count("failed")

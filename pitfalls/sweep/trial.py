@@ -79,10 +79,8 @@ class EpochLog:
 
 
 def logged_epochs(logger: TrialLogger) -> set[int]:
-    try:
-        return {m.step for m in logger.client.get_metric_history(logger.run_id, "train_loss")}
-    except Exception:  # tracking server unreachable: the logger's pending file keeps order
-        return set()
+    """Epochs MLflow has (or that wait in the logger's pending file); none if unreachable."""
+    return logger.logged_steps("train_loss") or set()
 
 
 def tune_metrics(metrics: dict, state: dict, epochs: int) -> dict:

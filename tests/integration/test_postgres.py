@@ -1,0 +1,95 @@
+"""A study on PostgreSQL: MLflow's server and Optuna's storage in one real PostgreSQL server.
+
+The database password is in the URLs (the MLflow server's backend store, `--optuna-storage`);
+none of the study's files, logs, params or tags may contain it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+from tests.helpers import tiny_study
+
+pytestmark = pytest.mark.integration
+
+
+def test_optuna_study_on_postgres(mlflow_postgres_server, postgres, tmp_path):
+    import optuna
+
+    raw = tiny_study(name="pg-optuna", searcher={"type": "optuna", "sampler": "random",
+                                                 "num_samples": 3, "seed": 0},
+                     budget={"epochs": 2, "steps_per_epoch": 2})
+    study_file = tmp_path / "pg-optuna.yaml"
+    study_file.write_text(yaml.safe_dump(raw))
+    optuna_url = postgres.url("optuna")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pitfalls.cli", "run", str(study_file), "--storage", str(tmp_path),
+         "--mlflow-uri", mlflow_postgres_server.uri, "--optuna-storage", optuna_url],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study_dir = tmp_path / "pg-optuna"
+
+    client = MlflowClient(mlflow_postgres_server.uri)
+    exp = client.get_experiment_by_name("pg-optuna")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("pitfalls.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("pitfalls.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    for c in children:
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == [1, 2]
+
+    study = optuna.load_study(study_name="pg-optuna", storage=optuna_url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert not (study_dir / "optuna.db").exists(), "Optuna wrote its sqlite file despite --optuna-storage"
+
+    # the password reaches neither the study's files nor MLflow's params and tags
+    secret = postgres.password
+    checked = [study_dir / n for n in ("results.parquet", "study.yaml", "state.json")]
+    checked += [p for p in (study_dir / "logs").rglob("*") if p.is_file()]
+    for path in checked:
+        assert path.is_file(), path
+        assert secret.encode() not in path.read_bytes(), f"the database password is in {path}"
+    for run in runs:
+        for name, values in (("params", run.data.params), ("tags", run.data.tags)):
+            leaked = [k for k, v in values.items() if secret in str(v)]
+            assert not leaked, f"the database password is in run {run.info.run_id}'s {name}: {leaked}"
+    assert secret not in proc.stdout + proc.stderr
+    assert secret not in mlflow_postgres_server.log_path.read_text()
+    # Ray Tune pickles the OptunaSearch, its storage URL included, into tune/*.pkl (its own
+    # experiment state, not a study output): a password-less URL plus PGPASSWORD keeps it out
+    # (next test). Nothing else in the study directory may hold the password.
+    leaked = sorted(str(p.relative_to(study_dir)) for p in study_dir.rglob("*")
+                    if p.is_file() and secret.encode() in p.read_bytes())
+    assert all(p.startswith("tune/") and p.endswith(".pkl") for p in leaked), leaked
+
+
+def test_password_from_pgpassword_not_from_the_url(postgres, monkeypatch, tmp_path):
+    """The deployment docs/deployment.md recommends: password-less URLs, the password in
+    PGPASSWORD (libpq reads it), so no URL anyone stores or pickles holds it."""
+    import pickle
+
+    import optuna
+
+    from pitfalls.config import parse_study
+    from pitfalls.sweep.space import search_algorithm
+
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    url = postgres.url("optuna", with_password=False)
+    assert postgres.password not in url
+    spec = parse_study(tiny_study(name="pg-env", searcher={"type": "optuna", "sampler": "random",
+                                                           "num_samples": 1, "seed": 0}))
+    searcher = search_algorithm(spec, tmp_path, url)  # what Tune pickles into tune/*.pkl
+    assert postgres.password.encode() not in pickle.dumps(searcher)
+    optuna.create_study(study_name="pg-env", storage=url)  # connects with PGPASSWORD
+    assert "pg-env" in optuna.get_all_study_names(storage=url)
+    assert not (tmp_path / "optuna.db").exists()
+
+    client = MlflowClient(postgres.url("mlflow", with_password=False))  # MLflow's SQL store
+    assert client.search_experiments()  # the server's tables, read with the env password
