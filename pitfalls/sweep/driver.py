@@ -246,6 +246,10 @@ def _execute(spec: StudySpec, study_dir: Path, study_run: StudyRun, address: str
                                         _trial_resources(spec, capacity))
         tune_dir = study_dir / TUNE_DIR
         if restore and tune.Tuner.can_restore(str(tune_dir)):
+            if spec.searcher.type == "optuna":
+                from pitfalls.sweep.space import optuna_storage_url
+
+                optuna_storage_url(study_dir, optuna_storage)  # its password, if any, to PGPASSWORD
             # Tune's state (trials, searcher, callbacks) is unpickled from the study directory.
             tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True,
                                        resume_errored=True, param_space=param_space(spec))

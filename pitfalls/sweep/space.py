@@ -49,11 +49,24 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
 
 def optuna_storage_url(study_dir: Path, storage: str | None = None) -> str:
     """The Optuna storage: the given URL (e.g. PostgreSQL, shared with MLflow's database
-    server), else $PITFALLS_OPTUNA_STORAGE, else a sqlite file in the study directory."""
+    server), else $PITFALLS_OPTUNA_STORAGE, else a sqlite file in the study directory.
+
+    A PostgreSQL password in the URL is moved to this process's PGPASSWORD (libpq reads it):
+    Tune pickles the searcher, storage URL included, into the study directory, and a password
+    must not end up there. A resumed study needs the URL (or PGPASSWORD) again.
+    """
     import os
 
-    return (storage or os.environ.get("PITFALLS_OPTUNA_STORAGE")
-            or f"sqlite:///{(study_dir / 'optuna.db').resolve()}")
+    url = (storage or os.environ.get("PITFALLS_OPTUNA_STORAGE")
+           or f"sqlite:///{(study_dir / 'optuna.db').resolve()}")
+    if url.startswith("postgresql"):
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        if parsed.password:
+            os.environ["PGPASSWORD"] = parsed.password
+            url = parsed._replace(password=None).render_as_string(hide_password=False)
+    return url
 
 
 def search_algorithm(spec: StudySpec, study_dir: Path, storage: str | None = None):

@@ -107,3 +107,15 @@ def test_trial_params_from_tune_config():
     p = TrialParams.from_dict({"norm": "group", "frozen_stages": 1, "seq_len": 4,
                                "videos_per_batch": 2, "lr": 1e-3, "weight_decay": 0.0, "seed": 3})
     assert p.as_dict()["seed"] == 3 and isinstance(p.lr, float)
+
+
+def test_optuna_storage_password_moves_to_pgpassword(tmp_path, monkeypatch):
+    import os
+
+    from pitfalls.sweep.space import optuna_storage_url
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    url = optuna_storage_url(tmp_path, "postgresql+psycopg2://me:s3cr%40t@127.0.0.1:5433/optuna")
+    assert url == "postgresql+psycopg2://me@127.0.0.1:5433/optuna"
+    assert os.environ["PGPASSWORD"] == "s3cr@t"
+    assert optuna_storage_url(tmp_path).startswith("sqlite:///")
