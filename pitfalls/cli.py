@@ -22,11 +22,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from pitfalls.sweep.driver import StudySetupError, run_study
+    from pitfalls.sweep.storage import StorageError, study_storage
 
     try:
-        outcome = run_study(spec, Path(args.storage) / spec.name, tracking_uri=args.mlflow_uri,
+        outcome = run_study(spec, study_storage(args.storage, spec.name), tracking_uri=args.mlflow_uri,
                             address=args.address, optuna_storage=args.optuna_storage)
-    except StudySetupError as e:
+    except (StudySetupError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return _finish(outcome)
@@ -36,7 +37,7 @@ def _resume(args: argparse.Namespace) -> int:
     from pitfalls.sweep.driver import StudySetupError, resume_study
 
     try:
-        outcome = resume_study(Path(args.study_dir), tracking_uri=args.mlflow_uri,
+        outcome = resume_study(args.study_dir, tracking_uri=args.mlflow_uri,
                                address=args.address, optuna_storage=args.optuna_storage)
     except StudySetupError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -51,10 +52,13 @@ def _finish(outcome) -> int:
         print(f"results: {outcome.study_dir / 'results.parquet'}")
         print(f"table:   {outcome.study_dir / 'comparison.md'}")
         print(f"report:  {outcome.study_dir / 'report.html'}")
+        if outcome.location and outcome.location != str(outcome.study_dir):
+            print(f"stored:  {outcome.location} (the files above are its working copy)")
     if outcome.failed or outcome.unfinished:
         print(f"{outcome.failed} trial(s) failed, {outcome.unfinished} unfinished, "
               f"{outcome.completed} completed (errors are in results.parquet and MLflow); "
-              f"continue with `pitfalls resume {outcome.study_dir}`", file=sys.stderr)
+              f"continue with `pitfalls resume {outcome.location or outcome.study_dir}`",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -69,6 +73,12 @@ def _report_source(args: argparse.Namespace):
 
         results = results_from_mlflow(args.mlflow_experiment, args.mlflow_uri)
         return results, infer_analysis(results, args.mlflow_experiment, args.metric, args.mode), None
+    from pitfalls.sweep.storage import existing_study_storage, is_remote
+
+    if is_remote(args.source):
+        storage = existing_study_storage(args.source)
+        storage.pull()
+        args.source = str(storage.local)
     source = Path(args.source)
     if source.is_file() and source.suffix == ".parquet":
         results = read_results(source)
@@ -92,7 +102,7 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     try:
         results, analysis, study_dir = _report_source(args)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.format == "json":
@@ -148,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a study (a YAML file) as a Ray Tune sweep")
     run.add_argument("study", help="study file, e.g. studies/quickstart.yaml")
     run.add_argument("--storage", default="runs",
-                     help="directory holding study directories (default: ./runs); on a cluster, "
-                          "a path every node sees")
+                     help="where studies live (default: ./runs): a directory (on a cluster, one "
+                          "every node sees, e.g. NFS) or S3-compatible object storage, "
+                          "s3://BUCKET/PREFIX[?endpoint_override=HOST:PORT&scheme=http]")
     run.add_argument("--mlflow-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a sqlite file "
                           "in the study directory)")
@@ -162,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     resume = sub.add_parser("resume", help="continue an interrupted study: finished trials are "
                                            "kept, the others continue from their checkpoints")
-    resume.add_argument("study_dir", help="the study directory, e.g. runs/quickstart")
+    resume.add_argument("study_dir", help="the study directory (e.g. runs/quickstart) or, for a "
+                                          "study on object storage, its URI (s3://BUCKET/PREFIX/NAME"
+                                          "?...) or local working copy")
     resume.add_argument("--mlflow-uri", default=None,
                         help="MLflow tracking URI (default: the one the study started with)")
     resume.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
@@ -171,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.set_defaults(func=_resume)
     report = sub.add_parser("report", help="comparison tables of a study (its directory, a results "
                                            ".parquet file, or its MLflow experiment)")
-    report.add_argument("source", nargs="?", help="study directory or results .parquet file")
+    report.add_argument("source", nargs="?", help="study directory, a study's s3:// URI, or a "
+                                                  "results .parquet file")
     report.add_argument("--mlflow-experiment", help="read the trials from this MLflow experiment")
     report.add_argument("--mlflow-uri", default=None, help="tracking URI for --mlflow-experiment "
                                                            "(default: $MLFLOW_TRACKING_URI)")

@@ -217,3 +217,39 @@ def mlflow_postgres_server(tmp_path_factory, postgres):
     server.start(timeout_s=180)
     yield server
     server.stop()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3-compatible server (moto, a real HTTP server process thread) with one bucket."""
+
+    endpoint: str  # host:port
+    bucket: str
+    env: dict  # credentials as every node would get them: environment variables
+
+    def uri(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}?endpoint_override={self.endpoint}&scheme=http"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1; credentials only in the environment, as in production."""
+    from moto.server import ThreadedMotoServer
+
+    env = {"AWS_ACCESS_KEY_ID": "pitfalls-test", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    import boto3
+
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="pitfalls")
+    yield S3Server(f"{host}:{port}", "pitfalls", env)
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

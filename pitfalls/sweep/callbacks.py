@@ -13,7 +13,8 @@ from ray.tune import Callback
 
 from pitfalls.config import StudySpec
 from pitfalls.results.schema import PARAM_NAMES
-from pitfalls.results.store import trial_row, write_results
+from pitfalls.results.store import RESULTS_FILE, trial_row, write_results
+from pitfalls.sweep.storage import StudyStorage, bound
 
 
 
@@ -78,25 +79,31 @@ class ResultsRecorder(Callback):
 
     Every report is also appended to `history.jsonl` in the study directory, so a resumed study
     (a new driver process) still has the epochs reported before the interruption; epochs are
-    keyed by number, so an epoch re-run after a restart replaces its earlier report.
+    keyed by number, so an epoch re-run after a restart replaces its earlier report. On object
+    storage both files are copied to the bucket after every change.
     """
 
-    def __init__(self, spec: StudySpec, path: Path):
-        self.spec, self.path = spec, path
+    def __init__(self, spec: StudySpec, storage: StudyStorage):
+        self.spec, self.storage = spec, storage
         self.history: dict[str, dict[int, dict]] = {}
         self.spans: dict[tuple[str, str], list[float]] = {}  # (trial, session) -> [first, last]
         self.rows: dict[str, dict] = {}
         self.session = uuid.uuid4().hex[:8]
 
     @property
+    def path(self) -> Path:
+        return self.storage.local / RESULTS_FILE
+
+    @property
     def history_path(self) -> Path:
-        return self.path.parent / HISTORY_FILE
+        return self.storage.local / HISTORY_FILE
 
     def setup(self, **info):
         """Load what earlier sessions of this study recorded (nothing for a new study). A resumed
         study gets this object back from Tune's pickled state: a new session starts here."""
         from pitfalls.results.store import read_results
 
+        self.storage = bound(getattr(self, "storage", None))  # this driver's, not the pickled one's
         self.session = uuid.uuid4().hex[:8]
         self.history, self.spans, self.rows = {}, {}, {}
         if self.path.exists():
@@ -122,6 +129,7 @@ class ResultsRecorder(Callback):
         self._apply(event)
         with self.history_path.open("a") as f:
             f.write(json.dumps(event) + "\n")
+        self.storage.push(HISTORY_FILE)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._event(trial, [])
@@ -140,6 +148,7 @@ class ResultsRecorder(Callback):
             history, status=status, error=error, duration_s=duration,
             workers=self.spec.resources.workers)
         write_results(self.path, list(self.rows.values()))
+        self.storage.push(RESULTS_FILE)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trial, "completed", None)

@@ -27,6 +27,7 @@ import yaml
 from pitfalls.config import StudySpec
 from pitfalls.results import RESULTS_FILE
 from pitfalls.sweep.runtime import quiet_logging
+from pitfalls.sweep.storage import StudyStorage, existing_study_storage, local_storage
 from pitfalls.sweep.tracking import (StudyRun, check_reachable, default_tracking_uri,
                                      open_study_run)
 
@@ -43,11 +44,12 @@ class StudyExistsError(StudySetupError):
 
 @dataclass(frozen=True)
 class StudyOutcome:
-    study_dir: Path
+    study_dir: Path  # the working directory (on object storage: its local copy)
     completed: int
     failed: int
     unfinished: int  # interrupted (Ctrl-C) or never started
     table_markdown: str
+    location: str = ""  # what `pitfalls resume` takes: the directory or the study's URI
 
 
 def resource_problem(spec: StudySpec, capacity: dict[str, float]) -> str | None:
@@ -105,28 +107,47 @@ def study_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
-def _refuse_existing(spec: StudySpec, study_dir: Path) -> None:
-    state = study_dir / STATE_FILE
+def _refuse_existing(spec: StudySpec, storage: StudyStorage) -> None:
+    state = storage.local / STATE_FILE
     started = json.loads(state.read_text()).get("study") if state.exists() else None
     changes = study_changes(started, spec.to_dict()) if started else []
-    how = f"resume it with `pitfalls resume {study_dir}`"
+    where = storage.location
+    how = f"resume it with `pitfalls resume {where}`"
     if changes:
         raise StudyExistsError(
-            f"{study_dir} already holds study {spec.name!r}, started with another definition "
+            f"{where} already holds study {spec.name!r}, started with another definition "
             f"(changed: {'; '.join(changes)}); {how} (it runs the study as it started), or "
             "choose another --name or --storage for the new definition")
-    raise StudyExistsError(f"{study_dir} already holds this study; {how}, or choose another "
-                           "--name or --storage, or delete that directory to start over")
+    raise StudyExistsError(f"{where} already holds this study; {how}, or choose another "
+                           "--name or --storage, or delete it to start over")
 
 
-def prepare_study_dir(spec: StudySpec, study_dir: Path, tracking_uri: str | None) -> StudyRun:
+def _remote_problem(spec: StudySpec, storage: StudyStorage, tracking_uri: str | None,
+                    optuna_storage: str | None) -> str | None:
+    """Why a study on object storage would still depend on files on this machine, or None."""
+    if not storage.remote:
+        return None
+    if not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        return (f"storage {storage.uri}: the default MLflow store is a sqlite file on this "
+                "machine; pass --mlflow-uri (a tracking server, e.g. http://HOST:5000)")
+    if spec.searcher.type == "optuna" and not (optuna_storage
+                                               or os.environ.get("PITFALLS_OPTUNA_STORAGE")):
+        return (f"storage {storage.uri}: the default Optuna storage is a sqlite file on this "
+                "machine; pass --optuna-storage (e.g. postgresql+psycopg2://HOST/DB)")
+    return None
+
+
+def prepare_study_dir(spec: StudySpec, storage: StudyStorage, tracking_uri: str | None) -> StudyRun:
     """Create the study directory and its MLflow parent run; refuse an existing study.
 
     The MLflow server is checked before anything is written, and a directory this call created
     is removed again if the parent run cannot be opened: a failed start leaves nothing behind.
     """
+    study_dir = storage.local
+    if storage.remote and storage.exists(STATE_FILE):
+        storage.pull()
     if (study_dir / "study.yaml").exists():
-        _refuse_existing(spec, study_dir)
+        _refuse_existing(spec, storage)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(study_dir)
     problem = check_reachable(uri)
     if problem:
@@ -140,8 +161,12 @@ def prepare_study_dir(spec: StudySpec, study_dir: Path, tracking_uri: str | None
         if created:
             shutil.rmtree(study_dir, ignore_errors=True)
         raise StudySetupError(f"cannot open the study's MLflow run at {uri}: {e}") from e
-    (study_dir / STATE_FILE).write_text(json.dumps({**run.__dict__, "study": spec.to_dict()}, indent=2))
+    state = {**run.__dict__, "study": spec.to_dict()}
+    if storage.remote:
+        state["storage"] = storage.uri  # a working copy leads back to its bucket
+    (study_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    storage.push(STATE_FILE, "study.yaml")
     return run
 
 
@@ -157,16 +182,19 @@ def _open_parent_run(spec: StudySpec, study_dir: Path, uri: str) -> StudyRun:
     }, artifact_location=artifacts)
 
 
-def run_study(spec: StudySpec, study_dir: Path, *, tracking_uri: str | None = None,
+def run_study(spec: StudySpec, study_dir: Path | StudyStorage, *, tracking_uri: str | None = None,
               address: str | None = None, optuna_storage: str | None = None,
               out: TextIO = sys.stdout) -> StudyOutcome:
-    """Start a new study in `study_dir` (which must not hold one yet)."""
-    study_dir = study_dir.resolve()
+    """Start a new study in `study_dir` (a directory or a `StudyStorage`; must not hold one)."""
+    storage = study_dir if isinstance(study_dir, StudyStorage) else local_storage(study_dir)
+    if problem := _remote_problem(spec, storage, tracking_uri, optuna_storage):
+        raise StudySetupError(problem)
     if address is None and (problem := resource_problem(spec, local_capacity())):
         raise StudySetupError(problem)
-    study_run = prepare_study_dir(spec, study_dir, tracking_uri)
-    print(f"study {spec.name}: {spec.num_trials} trials -> {study_dir}", file=out)
-    return _execute(spec, study_dir, study_run, address, optuna_storage, out, restore=False)
+    study_run = prepare_study_dir(spec, storage, tracking_uri)
+    where = storage.location + (f" (working copy {storage.local})" if storage.remote else "")
+    print(f"study {spec.name}: {spec.num_trials} trials -> {where}", file=out)
+    return _execute(spec, storage, study_run, address, optuna_storage, out, restore=False)
 
 
 def _flush_pending(uri: str, study_dir: Path, out: TextIO) -> None:
@@ -206,23 +234,42 @@ def load_study_dir(study_dir: Path) -> tuple[StudySpec, dict]:
     return spec, state
 
 
-def resume_study(study_dir: Path, *, tracking_uri: str | None = None, address: str | None = None,
-                 optuna_storage: str | None = None, out: TextIO = sys.stdout) -> StudyOutcome:
+def resume_study(study_dir: Path | str | StudyStorage, *, tracking_uri: str | None = None,
+                 address: str | None = None, optuna_storage: str | None = None,
+                 out: TextIO = sys.stdout) -> StudyOutcome:
     """Continue an interrupted study: finished trials stay as they are, unfinished and failed
-    ones continue from their last checkpoint, in the same MLflow runs and Parquet rows."""
-    study_dir = study_dir.resolve()
+    ones continue from their last checkpoint, in the same MLflow runs and Parquet rows.
+
+    `study_dir` is the study's directory, or its URI on object storage (then possibly on
+    another machine than the one that started it).
+    """
+    from pitfalls.sweep.callbacks import HISTORY_FILE
+    from pitfalls.sweep.storage import StorageError, tune_state_problem
+
+    try:
+        storage = (study_dir if isinstance(study_dir, StudyStorage)
+                   else existing_study_storage(str(study_dir)))
+        storage.pull()
+    except (StorageError, OSError) as e:
+        raise StudySetupError(str(e)) from None
+    study_dir = storage.local
     spec, state = load_study_dir(study_dir)
+    history = study_dir / HISTORY_FILE
+    if problem := tune_state_problem(storage.fs, f"{storage.root}/{TUNE_DIR}",
+                                     history.exists() and history.stat().st_size > 0):
+        raise StudySetupError(  # Tune itself would silently start the whole study over
+            f"cannot resume {spec.name}: {problem}; Ray Tune cannot restore this study")
     uri = tracking_uri or state["tracking_uri"]
     if problem := check_reachable(uri):
         raise StudySetupError(f"cannot reach the MLflow tracking server at {uri}: {problem}")
     quiet_logging(study_dir / "logs" / "ray.log")
     _flush_pending(uri, study_dir, out)  # metrics an earlier session could not send
     study_run = open_study_run(uri, spec.name, state["study_id"], {})  # re-found by its tag
-    print(f"resuming study {spec.name}: {spec.num_trials} trials in {study_dir}", file=out)
-    return _execute(spec, study_dir, study_run, address, optuna_storage, out, restore=True)
+    print(f"resuming study {spec.name}: {spec.num_trials} trials in {storage.location}", file=out)
+    return _execute(spec, storage, study_run, address, optuna_storage, out, restore=True)
 
 
-def _execute(spec: StudySpec, study_dir: Path, study_run: StudyRun, address: str | None,
+def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, address: str | None,
              optuna_storage: str | None, out: TextIO, restore: bool) -> StudyOutcome:
     from ray import tune
 
@@ -235,24 +282,29 @@ def _execute(spec: StudySpec, study_dir: Path, study_run: StudyRun, address: str
 
     print(f"mlflow: {study_run.tracking_uri} (experiment {spec.name!r}, parent run "
           f"{study_run.parent_run_id})", file=out, flush=True)
-    recorder = ResultsRecorder(spec, study_dir / RESULTS_FILE)
+    from pitfalls.sweep.storage import bind
+
+    study_dir = storage.local
+    bind(storage)
+    recorder = ResultsRecorder(spec, storage)
     try:  # whatever happens from here on, the parent run is closed with an honest status
         init_ray(address, study_dir / "logs" / "ray.log")
         capacity = cluster_capacity()
         if problem := resource_problem(spec, capacity):
             raise StudySetupError(problem)
-        ctx = TrialContext(spec, study_run, str(study_dir))
+        ctx = TrialContext(spec, study_run, str(study_dir), storage.fs, storage.train_root)
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         _trial_resources(spec, capacity))
-        tune_dir = study_dir / TUNE_DIR
-        if restore and tune.Tuner.can_restore(str(tune_dir)):
+        tune_dir = f"{storage.root}/{TUNE_DIR}"
+        if restore and tune.Tuner.can_restore(tune_dir, storage_filesystem=storage.fs):
             if spec.searcher.type == "optuna":
                 from pitfalls.sweep.space import optuna_storage_url
 
                 optuna_storage_url(study_dir, optuna_storage)  # its password, if any, to PGPASSWORD
             # Tune's state (trials, searcher, callbacks) is unpickled from the study directory.
-            tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True,
-                                       resume_errored=True, param_space=param_space(spec))
+            tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True,
+                                       resume_errored=True, param_space=param_space(spec),
+                                       storage_filesystem=storage.fs)
         else:
             ft = spec.fault_tolerance
             tuner = tune.Tuner(
@@ -266,7 +318,8 @@ def _execute(spec: StudySpec, study_dir: Path, study_run: StudyRun, address: str
                     reuse_actors=spec.resources.workers == 1,
                 ),
                 run_config=tune.RunConfig(
-                    name=TUNE_DIR, storage_path=str(study_dir), verbose=0,
+                    name=TUNE_DIR, storage_path=storage.root, verbose=0,
+                    storage_filesystem=storage.fs,
                     callbacks=[ConsoleProgress(spec, out), recorder],
                     failure_config=tune.FailureConfig(max_failures=ft.trial_retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=ft.keep_checkpoints),
@@ -284,7 +337,8 @@ def _execute(spec: StudySpec, study_dir: Path, study_run: StudyRun, address: str
         if (study_dir / RESULTS_FILE).exists():
             table, report_paths = write_comparison(study_dir, spec)
             artifacts = [*report_paths, study_dir / RESULTS_FILE, study_dir / "study.yaml"]
+            storage.push(*(p.name for p in report_paths))
         close_study_run(study_run, status, artifacts,
                         tags={"pitfalls.completed": completed, "pitfalls.failed": failed,
                               "pitfalls.unfinished": unfinished})
-    return StudyOutcome(study_dir, completed, failed, unfinished, table)
+    return StudyOutcome(study_dir, completed, failed, unfinished, table, storage.location)

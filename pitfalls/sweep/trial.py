@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs
+
 from pitfalls.config import StudySpec, TrialConfig, TrialParams
 from pitfalls.sweep.tracking import StudyRun, TrialLogger, open_trial_run
 
@@ -21,7 +23,9 @@ from pitfalls.sweep.tracking import StudyRun, TrialLogger, open_trial_run
 class TrialContext:
     study: StudySpec
     study_run: StudyRun
-    study_dir: str
+    study_dir: str  # the driver's working directory (MLflow records waiting to be sent)
+    storage_fs: pyarrow.fs.FileSystem  # where Ray Train keeps multi-worker checkpoints
+    train_root: str
 
 
 def trial_run_name(trial_id: str, params: TrialParams, varied: list[str]) -> str:
@@ -186,7 +190,8 @@ def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, ru
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=trial_id,  # stable across restarts, so a restored trial finds its Train run
-            storage_path=str(Path(ctx.study_dir, "train").resolve()),
+            storage_path=ctx.train_root,
+            storage_filesystem=ctx.storage_fs,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=ft.worker_retries),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ft.keep_checkpoints),

@@ -1,11 +1,15 @@
 """Stop a study any way you like, `pitfalls resume`, and every trial ends up exactly once:
-the driver is SIGKILLed at several points of a small study, then resumed."""
+the driver is SIGKILLed at several points of a small study, then resumed — in place, or, for a
+study on S3-compatible object storage, from a machine that never saw it (an empty working copy).
+"""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -27,6 +31,17 @@ def _cli(*args):
     return [sys.executable, "-m", "pitfalls.cli", *map(str, args)]
 
 
+def _pulled(uri: str, cache: Path) -> Path:
+    """The study's files as the bucket holds them (pulled into a fresh working copy)."""
+    from pitfalls.sweep.storage import existing_study_storage
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PITFALLS_CACHE", str(cache))
+        storage = existing_study_storage(uri)
+        storage.pull()
+        return storage.local
+
+
 def _completed(study_dir) -> dict[str, float]:
     path = study_dir / "results.parquet"
     if not path.exists():
@@ -35,17 +50,24 @@ def _completed(study_dir) -> dict[str, float]:
     return {r["trial_id"]: r["final_val_accuracy"] for r in rows if r["status"] == "completed"}
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed):
+@pytest.mark.parametrize("seed,storage", [(0, "local"), (5, "local"), (1, "s3")])
+def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, storage, request):
     rng = np.random.default_rng(seed)
     kill_after_line = int(rng.integers(3, LINES - 1))  # a random point between start and end
     extra_delay = float(rng.uniform(0, 2))
     study = tmp_path / "study.yaml"
     raw = tiny_study(name="killed", budget={"epochs": EPOCHS, "steps_per_epoch": 8}, seeds=[0, 1])
     study.write_text(yaml.safe_dump(raw))
-    study_dir = tmp_path / "runs" / "killed"
+    env = {**os.environ, "PITFALLS_CACHE": str(tmp_path / "machine-a")}
+    if storage == "s3":  # Tune state, checkpoints and study files in the bucket
+        s3 = request.getfixturevalue("s3_server")
+        env.update(s3.env)
+        location, resume_from = s3.uri(f"{seed}"), s3.uri(f"{seed}/killed")
+        extra = ["--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    else:
+        location, resume_from, extra = tmp_path / "runs", tmp_path / "runs" / "killed", []
 
-    proc = subprocess.Popen(_cli("run", study, "--storage", tmp_path / "runs"), cwd=ROOT,
+    proc = subprocess.Popen(_cli("run", study, "--storage", location, *extra), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     seen = []
@@ -57,10 +79,19 @@ def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed):
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and whatever it started, no clean-up
     proc.wait()
     killed_at = time.time()
-    done_before = _completed(study_dir)
+    if storage == "s3":  # what the killed driver had uploaded: its working copy stays behind
+        assert not (tmp_path / "runs").exists()
+        env["PITFALLS_CACHE"] = str(tmp_path / "machine-b")
+        done_before = _completed(_pulled(resume_from, tmp_path / "machine-b-peek"))
+        study_dir = tmp_path / "machine-b" / "studies" / "s3" / "pitfalls" / f"{seed}" / "killed"
+        tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    else:
+        study_dir = resume_from
+        done_before = _completed(study_dir)
+        tracking = f"sqlite:///{study_dir / 'mlflow.db'}"
 
-    resumed = subprocess.run(_cli("resume", study_dir), cwd=ROOT, capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(_cli("resume", resume_from), cwd=ROOT, capture_output=True, text=True,
+                             timeout=600, env=env)
     context = f"killed after line {kill_after_line}:\n{''.join(seen)}\n{resumed.stdout[-2000:]}{resumed.stderr[-3000:]}"
     assert resumed.returncode == 0, context
 
@@ -71,7 +102,14 @@ def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed):
     for tid, final in done_before.items():  # finished before the kill: kept as they were
         assert next(r for r in rows if r["trial_id"] == tid)["final_val_accuracy"] == final
 
-    client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    if storage == "s3":  # the bucket holds the final results too, and the report reads them
+        assert _completed(_pulled(resume_from, tmp_path / "peek-after")) == _completed(study_dir)
+        env["PITFALLS_CACHE"] = str(tmp_path / "machine-c")
+        report = subprocess.run(_cli("report", resume_from, "--format", "json"), cwd=ROOT,
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert report.returncode == 0, report.stderr
+        assert sum(c["n"] for c in json.loads(report.stdout)["combinations"]) == TRIALS
+    client = MlflowClient(tracking)
     exp = client.get_experiment_by_name("killed")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("pitfalls.role") == "study"]
