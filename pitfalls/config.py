@@ -126,6 +126,29 @@ class AugmentSpec:
         return bool(self.hflip or self.min_crop < 1 or self.brightness or self.contrast)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class PerformanceSpec:
+    """How a trial's training step runs on its device (pitfalls.train.fast resolves `auto`).
+
+    Defaults are the fast path where it cannot change the result's meaning: mixed precision and
+    channels-last on a GPU (fp32 NCHW on a CPU), cuDNN autotuning. `compile` costs a compile per
+    trial (worth it for long trials); `grad_accumulation` splits each step's sequences into that
+    many micro-batches (less memory; with BN, smaller normalization batches);
+    `activation_checkpointing` recomputes backbone stages in the backward pass (less memory for
+    long sequences, ~30% more compute).
+    """
+
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: Any = "auto"  # auto | true | false
+    compile: bool = False
+    cudnn_benchmark: bool = True
+    grad_accumulation: int = 1
+    activation_checkpointing: bool = False
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     backbone: str = "test_resnet"
@@ -222,6 +245,7 @@ class StudySpec:
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     augmentation: AugmentSpec = field(default_factory=AugmentSpec)
     fault_tolerance: FaultToleranceSpec = field(default_factory=FaultToleranceSpec)
+    performance: PerformanceSpec = field(default_factory=PerformanceSpec)
 
     @property
     def num_trials(self) -> int:
@@ -241,6 +265,7 @@ class StudySpec:
             "task": ({"name": "phase"} if self.task.name == "phase" else _plain(asdict(self.task))),
             "augmentation": asdict(self.augmentation),
             "fault_tolerance": asdict(self.fault_tolerance),
+            "performance": asdict(self.performance),
             "model": {
                 "backbone": self.model.backbone,
                 "weights": self.model.weights,
@@ -512,6 +537,23 @@ def _parse_augmentation(raw: Any, p: _Problems) -> AugmentSpec:
     return spec
 
 
+def _parse_performance(raw: Any, resources: "ResourceSpec", p: _Problems) -> PerformanceSpec:
+    spec = _dataclass_from(PerformanceSpec, _mapping(raw, "performance", p), "performance", p,
+                           {"grad_accumulation": 1})
+    if spec.precision not in PRECISIONS:
+        p.add("performance.precision", spec.precision, _choices(PRECISIONS))
+    elif spec.precision == "fp16" and not resources.gpus_per_worker:
+        p.add("performance.precision", spec.precision,
+              "needs GPUs (resources.gpus_per_worker): fp16 trains with CUDA loss scaling; "
+              "use bf16 or fp32 on CPUs")
+    if spec.channels_last != "auto" and not isinstance(spec.channels_last, bool):
+        p.add("performance.channels_last", spec.channels_last, "must be auto, true or false")
+    for name in ("compile", "cudnn_benchmark", "activation_checkpointing"):
+        if not isinstance(getattr(spec, name), bool):
+            p.add(f"performance.{name}", getattr(spec, name), "must be true or false")
+    return spec
+
+
 def _parse_model(raw: Any, p: _Problems, check_files: bool = True) -> ModelSpec:
     raw = _mapping(raw, "model", p)
     _unknown_keys(raw, ["backbone", "weights", "temporal_head", "group_norm_groups",
@@ -653,8 +695,8 @@ def name_problem(name: Any) -> str | None:
 
 
 STUDY_KEYS = ("name", "description", "dataset", "task", "model", "budget", "evaluation",
-              "augmentation", "fault_tolerance", "resources", "searcher", "seeds", "metric",
-              "search_space")
+              "augmentation", "fault_tolerance", "performance", "resources", "searcher", "seeds",
+              "metric", "search_space")
 
 
 def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None,
@@ -687,6 +729,7 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
     resources = _dataclass_from(ResourceSpec, _mapping(raw.get("resources"), "resources", p),
                                 "resources", p, minimums={"workers": 1, "cpus_per_worker": 0.01,
                                                           "gpus_per_worker": 0})
+    performance = _parse_performance(raw.get("performance"), resources, p)
     searcher = _parse_searcher(raw.get("searcher"), p)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(
@@ -710,10 +753,19 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
         if space_ref is None:
             p.add("search_space", None, "is required: a search space name from search_spaces/ or a mapping")
 
+    k = performance.grad_accumulation
+    for factor, values in space.factors:
+        for i, v in enumerate(values if factor == "videos_per_batch" and k > 1 else ()):
+            if isinstance(v, int) and v % resources.workers == 0 and v % (resources.workers * k):
+                p.add(f"search_space.factors.videos_per_batch[{i}]", v,
+                      f"must be divisible by resources.workers x performance.grad_accumulation "
+                      f"({resources.workers} x {k}): each micro-batch takes an equal share of "
+                      "a worker's sequences")
     spec = StudySpec(name=name, description=str(raw.get("description", "")), dataset=dataset,
                      task=task, model=model, budget=budget, resources=resources, searcher=searcher,
                      seeds=tuple(seeds), metric=metric, search_space=space, evaluation=evaluation,
-                     augmentation=augmentation, fault_tolerance=fault_tolerance)
+                     augmentation=augmentation, fault_tolerance=fault_tolerance,
+                     performance=performance)
     if check_environment:  # runs even after other problems, so one error lists them all
         _check_against_data_and_model(spec, p)
     if p.items:

@@ -243,6 +243,8 @@ def _send(client: MlflowClient, run_id: str, record: dict) -> None:
     if record["type"] == "metrics":
         client.log_batch(run_id, metrics=[Metric(k, float(v), record["timestamp"], record["step"])
                                           for k, v in record["metrics"].items()])
+    elif record["type"] == "params":
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in record["params"].items()])
     elif record["type"] == "end":
         if record.get("tags"):
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in record["tags"].items()])
@@ -324,6 +326,17 @@ class TrialLogger:
             self.pending.append({"id": uuid.uuid4().hex, **record})
             return
         self._submit(record)
+
+    def log_params(self, params: dict) -> None:
+        """Params known only once the trial runs (the fast path its device resolved). A value
+        that differs from the one already logged (a trial resumed on another kind of device)
+        is rejected by MLflow (params cannot change): a warning, not a failed trial."""
+        try:
+            self._submit({"type": "params", "params": params})
+        except Exception as e:  # noqa: BLE001 - rejected (4xx): not worth failing a trial over
+            self.pending.drop({r["id"] for r in self.pending.records() if r["type"] == "params"})
+            _log.warning("mlflow: params %s not logged to run %s: %s", params, self.run_id,
+                         _describe(e))
 
     def finish(self) -> None:
         self._submit(self._end(RunStatus.FINISHED), wait_s=self.finish_wait_s)

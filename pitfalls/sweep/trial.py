@@ -135,7 +135,8 @@ def _train_in_process(cfg: TrialConfig, logger: TrialLogger) -> None:
                             checkpoint=ray.tune.Checkpoint.from_directory(tmp))
         epochs.log(metrics)
 
-    train(cfg, report=report, device=device, resume=resume, snapshot=True)
+    train(cfg, report=report, device=device, resume=resume, snapshot=True,
+          on_setup=logger.log_params)
 
 
 def _worker_loop(loop_config: dict) -> None:
@@ -169,7 +170,8 @@ def _worker_loop(loop_config: dict) -> None:
             ray.train.report(shown, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         epochs.log(metrics)
 
-    train(cfg, report=report, device=ray.train.torch.get_device(), resume=resume, snapshot=True)
+    train(cfg, report=report, device=ray.train.torch.get_device(), resume=resume, snapshot=True,
+          on_setup=epochs.logger.log_params if epochs is not None else None)
 
 
 def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, run_id: str) -> None:

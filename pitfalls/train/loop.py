@@ -26,6 +26,7 @@ from pitfalls.data.sampler import CarriedSampler, SequenceSampler
 from pitfalls.models.precise_bn import batch_stat_layers, update_bn_stats
 from pitfalls.models.video_model import State, VideoModel, build_model
 from pitfalls.train.augment import augment
+from pitfalls.train.fast import FastPath, Stepper, frames_layout, prepare_model, resolve
 from pitfalls.train.tasks import PhaseTask, Task, make_task
 
 Report = Callable[[dict], None]
@@ -72,21 +73,24 @@ def make_batch(videos: list[Video], picks: list[tuple[int, int]], seq_len: int,
 
 @torch.no_grad()
 def evaluate(model: VideoModel, videos: list[Video], task: Task,
-             device: torch.device) -> tuple[list, float, int]:
+             device: torch.device, fast: FastPath | None = None) -> tuple[list, float, int]:
     """Online evaluation of whole videos in order, the LSTM state carried from chunk to chunk
     as a deployed model would see them: per-video records, summed loss, frame count."""
     model.eval()
+    fast = fast or resolve_default(device)
     records, loss_sum, frames = [], 0.0, 0
     for video in videos:
         state, outputs = None, []
         labels = task.labels(video)
         for start in range(0, len(video), EVAL_CHUNK):
             stop = min(start + EVAL_CHUNK, len(video))
-            x = to_input(np.asarray(video.frames[start:stop])[None], device)
-            out, state = model(x, state)
+            x = frames_layout(to_input(np.asarray(video.frames[start:stop])[None], device), fast)
+            with fast.autocast():
+                out, state = model(x, state)
+            out = out.float()
             y = [torch.from_numpy(lab[None, start:stop]).to(device) for lab in labels]
             loss_sum += task.loss(out, y).item() * (stop - start)
-            outputs.append(out[0].float().cpu().numpy())
+            outputs.append(out[0].cpu().numpy())
         records.append(task.video_record(np.concatenate(outputs), video))
         frames += len(video)
     return records, loss_sum, frames
@@ -131,10 +135,20 @@ def _rank_state(d: Distributed, aug_rng: torch.Generator, state: State | None) -
     return parts
 
 
+def resolve_default(device: torch.device) -> FastPath:
+    """The fast path a study with no `performance:` block gets on `device`."""
+    from pitfalls.config import PerformanceSpec
+
+    return resolve(PerformanceSpec(), device)
+
+
 def train(cfg: TrialConfig, report: Report = lambda m: None,
           device: torch.device | None = None, *, resume: dict | None = None,
-          snapshot: bool = False) -> dict:
+          snapshot: bool = False, on_setup: Callable[[dict], None] | None = None) -> dict:
     """Train one trial; return the last epoch's metrics.
+
+    `on_setup` receives the resolved fast path (`FastPath.as_params()`: precision, layout, ...)
+    once, before the first step, for the trial's record.
 
     `snapshot=True`: every epoch ends with `report(metrics, state)`, where `state` is everything
     needed to continue exactly from there (model, optimizer, samplers, RNGs, carried LSTM state,
@@ -153,15 +167,20 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
              if study.task.name == "anticipation" else ())
     task = make_task(study.task.name, len(data.phase_names), data.tool_names, tools,
                      study.task.horizon, data.fps)
+    fast = resolve(study.performance, device)
+    if on_setup is not None:
+        on_setup(fast.as_params())
     model = build_model(study.model.backbone, p.norm, p.frozen_stages, task.outputs,
                         study.model.hidden_size, study.model.group_norm_groups,
                         study.model.weights, study.model.whitening_group_size).to(device)
+    model = prepare_model(model, fast)
     net: torch.nn.Module = model
     if d.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+    stepper = Stepper(net, optimizer, task.loss, fast)
 
     lengths = [len(v) for v in train_videos]
     rng = np.random.default_rng([p.seed, 7])
@@ -186,6 +205,8 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
+        if "scaler" in resume:
+            stepper.scaler.load_state_dict(resume["scaler"])
         sampler.load_state_dict(resume["sampler"])
         extra.load_state_dict(resume["extra_sampler"])
         torch.set_rng_state(resume["torch_rng"])
@@ -199,7 +220,8 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
         first_epoch = resume["epoch"] + 1
     for epoch in range(first_epoch, study.budget.epochs + 1):
         net.train()
-        t0, losses = time.perf_counter(), []
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # read once per epoch
         for _ in range(study.budget.steps_per_epoch):
             # same draw on every rank: each rank takes its share of the sequences (lanes)
             if p.carry_hidden:
@@ -209,20 +231,16 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
                 picks, state = sampler.sample(), None
             x, labels = make_batch(train_videos, d.share(picks), p.seq_len, device, task)
             x = augment(x, study.augmentation, aug_rng)
-            output, new_state = net(x, state)
+            loss, new_state = stepper.step(x, labels, state)
             state = new_state if p.carry_hidden else None
-            loss = task.loss(output, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            loss_sum += loss
+        train_loss = loss_sum.item() / study.budget.steps_per_epoch
         train_s = time.perf_counter() - t0
 
         if precise_bn:
             update_bn_stats(model, extra_batches(precise_bn))
         shard = val_videos[d.rank::d.world_size]
-        records, loss_sum, frames = _gather(*evaluate(model, shard, task, device), d)
-        train_loss = float(np.mean(losses))
+        records, val_loss_sum, frames = _gather(*evaluate(model, shard, task, device, fast), d)
         if d.world_size > 1:
             t = torch.tensor([train_loss], dtype=torch.float64, device=device)  # NCCL: on GPU
             dist.all_reduce(t)
@@ -230,7 +248,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "val_loss": loss_sum / max(frames, 1),
+            "val_loss": val_loss_sum / max(frames, 1),
             **task.summarize(records),
             "train_frames_per_s": study.budget.steps_per_epoch * p.videos_per_batch * p.seq_len / train_s,
             "epoch_s": time.perf_counter() - t0,
@@ -246,6 +264,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
         report(metrics, {
             "epoch": epoch, "history": list(history), "ranks": ranks,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": stepper.scaler.state_dict(),
             "sampler": sampler.state_dict(), "extra_sampler": extra.state_dict(),
             "torch_rng": torch.get_rng_state(),
         })

@@ -38,6 +38,9 @@ def test_grid_sweep_logs_to_a_real_mlflow_server(ray_session, mlflow_server, tmp
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 2
     assert {c.data.params["norm"] for c in children} == {"batch", "group"}
+    # the fast path each trial's device resolved (CPU: fp32 NCHW) is in its params
+    assert {(c.data.params["precision"], c.data.params["channels_last"]) for c in children} == {
+        ("fp32", "False")}
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id

@@ -1,0 +1,161 @@
+"""Shared parts of the end-to-end step benchmarks (e2e_vs_timm.py, e2e_vs_reference.py).
+
+Needs torch, timm and numpy only (no Ray, Optuna or MLflow): runs on a bare GPU box. Frames are
+random uint8 arrays held in (pinned) host memory, so decoding is out of the picture: what is
+timed is host->device transfer, conversion, forward, backward and the optimizer step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pitfalls.config import PerformanceSpec  # noqa: E402
+from pitfalls.models import build_model  # noqa: E402
+from pitfalls.train.fast import Stepper, prepare_model, resolve  # noqa: E402
+from pitfalls.train.loop import to_input  # noqa: E402
+from pitfalls.train.tasks import PhaseTask  # noqa: E402
+
+NUM_CLASSES = 7  # Cholec80's phases
+# The paper's setting (GPU): ResNet-50 with GroupNorm, 384x216 frames, sequences of 64, LSTM 512.
+GPU_DEFAULTS = {"backbone": "resnet50", "seq_len": 64, "videos": 1, "size": "384x216", "steps": 20}
+# A 2-core CPU cannot time that in minutes: same code, smaller shapes.
+CPU_DEFAULTS = {"backbone": "resnet18", "seq_len": 8, "videos": 2, "size": "192x108", "steps": 4}
+
+
+@dataclass
+class Timing:
+    name: str
+    seconds: list[float]  # per round
+    frames: int  # frames trained per round
+    peak_mib: float = float("nan")
+
+    @property
+    def fps(self) -> float:
+        return self.frames / statistics.median(self.seconds)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--backbone", help="timm model (GPU default resnet50, CPU default resnet18)")
+    ap.add_argument("--norm", default="group", help="the backbone's norm (default group: ResNet-50-GN)")
+    ap.add_argument("--seq-len", type=int)
+    ap.add_argument("--videos", type=int, help="sequences per step")
+    ap.add_argument("--size", help="WxH (GPU default 384x216)")
+    ap.add_argument("--hidden", type=int, default=512, help="LSTM units")
+    ap.add_argument("--steps", type=int, help="timed steps per round")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, compile)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median counts")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    ap.add_argument("--compile", action="store_true", help="torch.compile the backbones")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, 1 round")
+    return ap
+
+
+def settle(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the defaults for the device; --quick shrinks everything."""
+    defaults = GPU_DEFAULTS if args.device.startswith("cuda") else CPU_DEFAULTS
+    if args.quick:
+        defaults = {"backbone": "resnet18", "seq_len": 4, "videos": 2, "size": "64x48", "steps": 2}
+        args.rounds, args.warmup = 1, 1
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.width, args.height = (int(v) for v in args.size.lower().split("x"))
+    return args
+
+
+def header(args: argparse.Namespace) -> str:
+    import timm
+
+    dev = torch.device(args.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor()
+                                                                     or platform.machine())
+    threads = torch.get_num_threads()
+    return (f"device: {dev.type} {name} ({threads} CPU threads) | torch {torch.__version__}, "
+            f"timm {timm.__version__}, {time.strftime('%Y-%m-%d')}\n"
+            f"step: {args.backbone}-{args.norm} + LSTM {args.hidden}, {args.videos} x "
+            f"{args.seq_len} frames of {args.width}x{args.height}, {args.steps} steps x "
+            f"{args.rounds} rounds after {args.warmup} warm-up steps")
+
+
+def host_frames(args: argparse.Namespace, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 frames (B, T, H, W, 3) as the loader delivers them, and phase labels (B, T)."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (args.videos, args.seq_len, args.height, args.width, 3),
+                          dtype=np.uint8)
+    labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, (args.videos, args.seq_len)))
+    return torch.from_numpy(frames), labels
+
+
+def platform_step(args: argparse.Namespace) -> Callable[[], None]:
+    """The platform's training step exactly as a trial runs it (`Stepper`, resolved fast path)."""
+    device = torch.device(args.device)
+    fast = resolve(PerformanceSpec(precision=args.precision, compile=args.compile), device)
+    torch.manual_seed(0)
+    model = build_model(args.backbone, args.norm, 0, NUM_CLASSES, args.hidden).to(device)
+    model = prepare_model(model, fast)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    stepper = Stepper(model, optimizer, PhaseTask(NUM_CLASSES).loss, fast)
+    frames, labels = host_frames(args)
+    labels = labels.to(device)
+
+    def step():
+        torch.backends.cudnn.benchmark = fast.cudnn_benchmark  # a global flag: set per step
+        x = to_input(frames.numpy(), device)  # pinned, non-blocking copy as in training
+        stepper.step(x, (labels,), None)
+
+    step.fast = fast  # type: ignore[attr-defined]
+    return step
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(steps: dict[str, Callable[[], None]], args: argparse.Namespace) -> dict[str, Timing]:
+    """Warm each step up, then time them in alternating rounds (drift hits all alike)."""
+    frames = args.videos * args.seq_len * args.steps
+    timings = {name: Timing(name, [], frames) for name in steps}
+    cuda = args.device.startswith("cuda")
+    for name, step in steps.items():
+        if cuda:  # this step's own peak: above what the other steps' models already hold
+            sync(args.device)
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        for _ in range(args.warmup):
+            step()
+        sync(args.device)
+        if cuda:
+            timings[name].peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            sync(args.device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync(args.device)
+            timings[name].seconds.append(time.perf_counter() - t0)
+    return timings
+
+
+def table(timings: dict[str, Timing]) -> str:
+    rows = ["| step | frames/s (median) | rounds (s) | peak GPU memory above baseline (MiB) |",
+            "|---|---|---|---|"]
+    for t in timings.values():
+        rounds = ", ".join(f"{s:.2f}" for s in t.seconds)
+        rows.append(f"| {t.name} | {t.fps:.1f} | {rounds} | {t.peak_mib:.0f} |")
+    return "\n".join(rows)

@@ -1,0 +1,132 @@
+"""The fast path of a training step: mixed precision, channels-last, `torch.compile`, cuDNN
+autotuning, gradient accumulation and activation checkpointing, resolved once per trial.
+
+The study asks (`performance:` in the study file, `PerformanceSpec`); `resolve` turns the
+request into what this device can do (`auto` becomes bf16 + channels-last on a GPU with bf16,
+fp16 with loss scaling on an older GPU, fp32 NCHW on a CPU), and `Stepper` runs one optimizer
+step with it. Benchmarks call the same `Stepper`, so what they time is what trials run.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pitfalls.config import PerformanceSpec
+
+State = tuple[torch.Tensor, torch.Tensor]
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What a trial's training step actually uses on its device (recorded in MLflow)."""
+
+    device_type: str
+    precision: str  # fp32 | bf16 | fp16
+    channels_last: bool
+    compile: bool
+    cudnn_benchmark: bool
+    grad_accumulation: int
+    activation_checkpointing: bool
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return DTYPES[self.precision]
+
+    def autocast(self):
+        """Mixed-precision context for forward passes (a no-op in fp32)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def as_params(self) -> dict[str, str]:
+        return {"precision": self.precision, "channels_last": str(self.channels_last),
+                "compile": str(self.compile), "cudnn_benchmark": str(self.cudnn_benchmark),
+                "grad_accumulation": str(self.grad_accumulation),
+                "activation_checkpointing": str(self.activation_checkpointing)}
+
+
+def resolve(perf: PerformanceSpec, device: torch.device) -> FastPath:
+    """The fast path `perf` asks for, on `device`; a request the device cannot serve is an error."""
+    cuda = device.type == "cuda"
+    bf16_ok = torch.cuda.is_bf16_supported() if cuda else True
+    precision = perf.precision
+    if precision == "auto":
+        precision = ("bf16" if bf16_ok else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ValueError("performance.precision: 'fp16' needs a CUDA device (loss scaling); "
+                         "use 'bf16' or 'fp32' on a CPU")
+    if precision == "bf16" and not bf16_ok:
+        raise ValueError(f"performance.precision: 'bf16' is not supported by "
+                         f"{torch.cuda.get_device_name(device)}; use 'fp16' or 'auto'")
+    channels_last = cuda if perf.channels_last == "auto" else bool(perf.channels_last)
+    return FastPath(device.type, precision, channels_last, perf.compile,
+                    perf.cudnn_benchmark and cuda, perf.grad_accumulation,
+                    perf.activation_checkpointing)
+
+
+def prepare_model(model: nn.Module, fast: FastPath) -> nn.Module:
+    """Apply the model-side options in place (before the optimizer and DDP see the model)."""
+    if fast.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune once per shape
+    backbone = model.backbone
+    if fast.activation_checkpointing:
+        if not hasattr(backbone, "set_grad_checkpointing"):
+            raise ValueError(f"performance.activation_checkpointing: {type(backbone).__name__} "
+                             "has no timm grad checkpointing")
+        backbone.set_grad_checkpointing(True)
+    if fast.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if fast.compile:
+        backbone.compile()  # in place: parameter names (checkpoints) stay as they are
+    return model
+
+
+def frames_layout(x: torch.Tensor, fast: FastPath) -> torch.Tensor:
+    """(B, T, 3, H, W) input in the memory layout the backbone runs in.
+
+    Frames arrive as uint8 NHWC, so the float tensor is already channels-last in memory; the
+    NCHW path pays one copy to give the convolutions the layout it asks for."""
+    if fast.channels_last:
+        return x
+    return x.contiguous()
+
+
+class Stepper:
+    """One optimizer step: micro-batches of lanes under autocast, loss scaling for fp16,
+    gradients reduced once per step under DDP."""
+
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, fast: FastPath):
+        self.net, self.optimizer, self.loss_fn, self.fast = net, optimizer, loss_fn, fast
+        self.scaler = torch.amp.GradScaler(fast.device_type, enabled=fast.precision == "fp16")
+
+    def step(self, x: torch.Tensor, labels: tuple[torch.Tensor, ...],
+             state: State | None) -> tuple[torch.Tensor, State]:
+        """Train on a batch of B lanes; returns the detached loss and the new LSTM state."""
+        k = self.fast.grad_accumulation
+        b = x.shape[0]
+        if b % k:
+            raise ValueError(f"performance.grad_accumulation {k} does not divide the {b} "
+                             "sequences this worker trains on per step")
+        m = b // k
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=x.device)
+        states = []
+        for i in range(k):
+            part = slice(i * m, (i + 1) * m)
+            sub_state = None if state is None else (state[0][:, part], state[1][:, part])
+            sync = i == k - 1 or not hasattr(self.net, "no_sync")
+            with (nullcontext() if sync else self.net.no_sync()), self.fast.autocast():
+                output, new_state = self.net(frames_layout(x[part], self.fast), sub_state)
+                loss = self.loss_fn(output, tuple(y[part] for y in labels)) / k
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+            states.append(new_state)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        new = (torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1))
+        return total, new
