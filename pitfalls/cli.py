@@ -1,4 +1,4 @@
-"""`pitfalls run | resume | report | probe | data`: parse arguments and the study once, then hand over."""
+"""`pitfalls run | resume | plan | report | probe | data`: parse arguments and the study once, then hand over."""
 
 from __future__ import annotations
 
@@ -129,6 +129,23 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from pitfalls.config import StudyError, load_study
+
+    try:
+        spec = load_study(args.study, check_data=False)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import torch
+
+    from pitfalls.plan import plan_study, render
+
+    device = torch.device(args.device) if args.device else None
+    print(render(plan_study(spec, device, args.gpu_memory)))
+    return 0
+
+
 def _probe(args: argparse.Namespace) -> int:
     import json
 
@@ -182,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--optuna-storage", default=None,
                         help="Optuna storage URL, when the study started with one")
     resume.set_defaults(func=_resume)
+    plan = sub.add_parser("plan", help="what a study will cost and whether each configuration fits, "
+                                       "measured with a few steps per model shape (no Ray)")
+    plan.add_argument("study", help="study file, e.g. studies/quickstart.yaml")
+    plan.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                      help="memory per GPU to plan for (default: this GPU's, else 80)")
+    plan.add_argument("--device", default=None, help="measure on this device (default: cuda if "
+                                                     "present, else cpu)")
+    plan.set_defaults(func=_plan)
     report = sub.add_parser("report", help="comparison tables of a study (its directory, a results "
                                            ".parquet file, or its MLflow experiment)")
     report.add_argument("source", nargs="?", help="study directory, a study's s3:// URI, or a "

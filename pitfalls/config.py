@@ -700,7 +700,8 @@ STUDY_KEYS = ("name", "description", "dataset", "task", "model", "budget", "eval
 
 
 def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None,
-                search_space_dirs: Iterable[Path] = (), check_environment: bool = True) -> StudySpec:
+                search_space_dirs: Iterable[Path] = (), check_environment: bool = True,
+                check_data: bool = True) -> StudySpec:
     """Validate a study mapping; raise one `StudyError` listing every problem.
 
     `check_environment=False` skips the checks that need this machine (local weights file,
@@ -767,7 +768,7 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
                      augmentation=augmentation, fault_tolerance=fault_tolerance,
                      performance=performance)
     if check_environment:  # runs even after other problems, so one error lists them all
-        _check_against_data_and_model(spec, p)
+        _check_against_data_and_model(spec, p, check_data)
     if p.items:
         raise StudyError(source, p.items)
     return spec
@@ -807,7 +808,7 @@ def _load_search_space_file(ref: str, base_dir: Path | None, dirs: Iterable[Path
     return None, ref
 
 
-def _check_against_data_and_model(spec: StudySpec, p: _Problems) -> None:
+def _check_against_data_and_model(spec: StudySpec, p: _Problems, check_data: bool = True) -> None:
     """Checks that need the data's shape or the backbone's structure (imports timm lazily)."""
     from pitfalls.models.backbone import backbone_info
 
@@ -826,7 +827,7 @@ def _check_against_data_and_model(spec: StudySpec, p: _Problems) -> None:
                 p.add(f"search_space.factors.frozen_stages[{i}]", k,
                       f"is beyond {spec.model.backbone}'s {info.num_stages} stages; "
                       f"valid: 0..{info.num_stages}")
-    train_lengths = _check_data(spec, p)
+    train_lengths = _check_data(spec, p) if check_data else None
     if train_lengths is None:
         return
     shortest = min(train_lengths)
@@ -888,8 +889,12 @@ def _check_data(spec: StudySpec, p: _Problems) -> list[int] | None:
     return lengths
 
 
-def load_study(path: str | Path, search_space_dirs: Iterable[Path] = ()) -> StudySpec:
-    """Read and validate a study YAML file (search spaces resolved next to it or in ./search_spaces)."""
+def load_study(path: str | Path, search_space_dirs: Iterable[Path] = (),
+               check_data: bool = True) -> StudySpec:
+    """Read and validate a study YAML file (search spaces resolved next to it or in ./search_spaces).
+
+    `check_data=False` skips reading the dataset (`pitfalls plan` of a study whose data lives
+    on the cluster)."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(str(path), [f"study file: {str(path)!r} does not exist"])
@@ -898,7 +903,7 @@ def load_study(path: str | Path, search_space_dirs: Iterable[Path] = ()) -> Stud
     except yaml.YAMLError as e:
         raise StudyError(str(path), [f"YAML: {e}"]) from None
     return parse_study(raw, source=str(path), base_dir=path.resolve().parent,
-                       search_space_dirs=search_space_dirs)
+                       search_space_dirs=search_space_dirs, check_data=check_data)
 
 
 def load_search_space(path: str | Path) -> SearchSpace:

@@ -20,6 +20,22 @@ def test_every_shipped_study_validates(path):
     assert spec.num_trials >= 1
 
 
+CPU_STUDIES = sorted((ROOT / "studies" / "cpu").glob("*.yaml"))
+PAPER_STUDIES = sorted((ROOT / "studies" / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CPU_STUDIES, ids=lambda p: p.name)
+def test_every_cpu_scale_paper_study_validates(path):
+    assert load_study(path).dataset.name == "synthetic"
+
+
+@pytest.mark.parametrize("path", PAPER_STUDIES, ids=lambda p: p.name)
+def test_every_cholec80_paper_study_validates_without_its_data(path):
+    spec = load_study(path, check_data=False)
+    assert spec.dataset.name == "cholec80" and spec.resources.gpus_per_worker == 1
+    assert spec.dataset.options.frame_size == (384, 216) and spec.model.hidden_size == 512
+
+
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
 def test_every_shipped_search_space_validates(path):
     space = load_search_space(path)

@@ -1,0 +1,409 @@
+"""`pitfalls plan`: what a study will cost and whether each configuration fits, before launching.
+
+Per distinct model shape (backbone with one norm and one frozen depth) a few real training steps
+run on this machine's device at the study's frame size and fast path, with 2 and 4 frames per
+step: peak training memory and step time are measured at both and extended linearly in the
+frames per step (everything that grows with a step's frames, activations and their gradients,
+grows linearly in them; weights, gradients and AdamW's moments do not). From that line:
+each configuration's peak memory and whether it fits `--gpu-memory`, the compute per trial
+(epochs x steps x step time, plus evaluation of the validation frames when the data is here) and
+in total, and per frozen depth the longest sequence that fits.
+
+Peak memory is what the framework allocates (torch's allocator on CUDA; on a CPU, the
+allocations torch's profiler records per op), not what the process holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pitfalls.config import StudySpec
+from pitfalls.models.video_model import build_model
+from pitfalls.train.fast import FastPath, Stepper, prepare_model, resolve
+from pitfalls.train.loop import to_input
+from pitfalls.train.tasks import PhaseTask
+
+FIRST_PROBE = 2  # frames per step of the first measured point (BN needs 2)
+PROBE_CAP = 16  # never measure more frames per step than this: beyond, the lines extrapolate
+CPU_PROBE_PIXELS = 192 * 108  # a CPU measures larger frames at half size (per side), repeatedly
+DEFAULT_GPU_GB = 80.0  # an H100's memory, when no GPU is present to ask
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class ShapeCost:
+    """Cost of one model shape in the frames per step: memory is flat (weights, gradients and
+    optimizer state dominate) up to `knee_frames`, then a line; time is a line."""
+
+    norm: str
+    frozen_stages: int
+    knee_frames: int
+    knee_bytes: float
+    fixed_bytes: float
+    bytes_per_frame: float
+    fixed_s: float
+    s_per_frame: float
+    eval_s_per_frame: float
+
+    def peak_bytes(self, frames: int) -> float:
+        return max(self.knee_bytes, self.fixed_bytes + self.bytes_per_frame * frames)
+
+    def step_s(self, frames: int) -> float:
+        return max(self.fixed_s + self.s_per_frame * frames, 0.0)
+
+    def longest(self, budget_bytes: float, lanes: int) -> int:
+        """The longest sequence of `lanes` sequences per (micro-)step that fits the budget."""
+        if self.knee_bytes > budget_bytes:
+            return 0
+        if self.bytes_per_frame <= 0:
+            return 10**9
+        return max(int((budget_bytes - self.fixed_bytes) // (self.bytes_per_frame * lanes)), 0)
+
+
+@dataclass(frozen=True)
+class ConfigPlan:
+    params: dict
+    frames_per_micro_step: int
+    peak_bytes: float
+    fits: bool
+    step_s: float
+    trial_s: float
+
+
+@dataclass
+class StudyPlan:
+    spec: StudySpec
+    device: str
+    fast: FastPath
+    budget_bytes: float
+    budget_source: str
+    shapes: dict[tuple[str, int], ShapeCost]
+    configs: list[ConfigPlan] = field(default_factory=list)
+    val_frames: int | None = None
+    measure_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        """Compute of the whole study on this device: trials spread evenly over the configs."""
+        if not self.configs:
+            return 0.0
+        return sum(c.trial_s for c in self.configs) / len(self.configs) * self.spec.num_trials
+
+
+def frame_shape(spec: StudySpec) -> tuple[int, int]:
+    """(H, W) of the frames a trial trains on."""
+    opts = spec.dataset.options
+    if spec.dataset.name == "synthetic":
+        return opts.frame_size, opts.frame_size
+    width, height = opts.frame_size
+    return height, width
+
+
+def num_outputs(spec: StudySpec) -> int:
+    """The head's width (phase logits, or K x (1 regression + 3 classes) for anticipation)."""
+    opts = spec.dataset.options
+    if spec.task.name == "anticipation":
+        tools = len(spec.task.tools) or (opts.num_tools if spec.dataset.name == "synthetic" else 5)
+        return 4 * tools
+    if spec.dataset.name == "synthetic":
+        return opts.num_phases
+    return len(getattr(opts, "phases", ()) or ()) or 7
+
+
+def configurations(spec: StudySpec) -> list[dict]:
+    """Every distinct combination of the factors (seeds and nuisance values cost the same)."""
+    from pitfalls.config import PARAM_DEFAULTS
+
+    factors = dict(spec.search_space.factors)
+    for name, default in PARAM_DEFAULTS.items():
+        factors.setdefault(name, (default,))
+    names = list(factors)
+    return [dict(zip(names, values)) for values in itertools.product(*(factors[n] for n in names))]
+
+
+def peak_memory(run: Callable[[], None], device: torch.device) -> float:
+    """Peak bytes allocated above the level before `run` (frees below it count as negative)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    # each allocation is counted once, in the innermost op that made it, at the op's end
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
+                    key=lambda e: e.time_range.end)
+    level = peak = 0
+    for e in events:
+        level += e.self_cpu_memory_usage
+        peak = max(peak, level)
+    return float(peak)
+
+
+class _Trainer:
+    """One model shape, ready to take training steps of any number of frames."""
+
+    def __init__(self, spec: StudySpec, norm: str, frozen: int, device: torch.device,
+                 fast: FastPath, hw: tuple[int, int] | None = None):
+        torch.manual_seed(0)
+        self.device, self.fast = device, fast
+        outputs = num_outputs(spec)
+        model = build_model(spec.model.backbone, norm, frozen, outputs, spec.model.hidden_size,
+                            spec.model.group_norm_groups, None, spec.model.whitening_group_size)
+        self.model = prepare_model(model.to(device), fast)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
+        self.stepper = Stepper(self.model, optimizer, PhaseTask(outputs).loss, fast)
+        self.outputs = outputs
+        self.hw = hw or frame_shape(spec)
+        # weights and AdamW's two moments: held from one step to the next (gradients are
+        # counted in the step: the step frees the last ones before it makes new ones)
+        self.resident = (sum(p.numel() * p.element_size() for p in self.model.parameters())
+                         + 2 * sum(p.numel() * p.element_size() for p in params))
+
+    def _inputs(self, frames: int):
+        h, w = self.hw
+        rng = np.random.default_rng(frames)
+        x = rng.integers(0, 256, (1, frames, h, w, 3), dtype=np.uint8)
+        y = torch.from_numpy(rng.integers(0, self.outputs, (1, frames))).to(self.device)
+        return x, y
+
+    def step(self, frames: int) -> None:
+        x, y = self._inputs(frames)
+        self.stepper.step(to_input(x, self.device), (y,), None)
+
+    def peak(self, frames: int) -> tuple[float, float]:
+        """Peak training memory of a step on `frames` frames, and the wall time of the plain
+        step taken first (so AdamW's moments exist before the profiled one)."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        self.step(frames)
+        sync()
+        seconds = time.perf_counter() - t0
+        self.stepper.optimizer.zero_grad(set_to_none=True)
+        return self.resident + peak_memory(lambda: self.step(frames), self.device), seconds
+
+    def saved_bytes(self, frames: int) -> float:
+        """Bytes of the activations autograd keeps for the backward pass (weights excluded)."""
+        weights = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        kept: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                kept[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        x, _ = self._inputs(frames)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.fast.autocast():
+            self.model(to_input(x, self.device))
+        return float(sum(kept.values()))
+
+    def transient_bytes(self, frames: int) -> float:
+        """Peak of a forward pass that keeps nothing: the intermediates alive at once."""
+        x, _ = self._inputs(frames)
+
+        def forward() -> None:
+            with torch.no_grad(), self.fast.autocast():
+                self.model(to_input(x, self.device))
+
+        return peak_memory(forward, self.device)
+
+    def seconds(self, frames: int, evaluate: bool = False, budget_s: float = 0.5) -> float:
+        """Median wall time of one step (or one evaluation forward), repeated for `budget_s`."""
+        x, y = self._inputs(frames)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        times: list[float] = []
+        while len(times) < 2 or (sum(times) < budget_s and len(times) < 20):
+            sync()
+            t0 = time.perf_counter()
+            if evaluate:
+                self.model.eval()
+                with torch.no_grad(), self.fast.autocast():
+                    self.model(to_input(x, self.device))
+                self.model.train()
+            else:
+                self.stepper.step(to_input(x, self.device), (y,), None)
+            sync()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+
+def probe_shape(spec: StudySpec, device: torch.device) -> tuple[tuple[int, int], float]:
+    """The frame size to measure at, and the pixel ratio back to the study's frames: a CPU
+    halves large frames (per side) until they are at most CPU_PROBE_PIXELS."""
+    h, w = frame_shape(spec)
+    ph, pw = h, w
+    while device.type == "cpu" and ph * pw > CPU_PROBE_PIXELS:
+        ph, pw = max(ph // 2, 32), max(pw // 2, 32)
+    return (ph, pw), (h * w) / (ph * pw)
+
+
+def measure_shape(spec: StudySpec, norm: str, frozen: int, device: torch.device,
+                  fast: FastPath, max_frames: int) -> ShapeCost:
+    """Fit the memory and time lines of one model shape from a few measured steps.
+
+    Memory is flat while weights, gradients and optimizer state dominate, then grows with the
+    activations autograd keeps. From one measured step and the kept bytes per frame the knee is
+    predicted; if it lies within PROBE_CAP frames, two steps past it give the line, else the
+    line is the kept activations plus the forward pass's intermediates per frame (both at
+    their largest at once: an upper bound) on top of weights and optimizer state.
+    """
+    (h, w), scale = probe_shape(spec, device)
+    trainer = _Trainer(spec, norm, frozen, device, fast, (h, w))
+    a = FIRST_PROBE
+    flat, _ = trainer.peak(a)
+    saved = {n: trainer.saved_bytes(n) for n in (a, 2 * a)}
+    kept = (saved[2 * a] - saved[a]) / a
+    knee = a + (flat - trainer.resident - saved[a]) / kept if kept > 0 else float("inf")
+    n1 = 2 * a
+    while n1 < 2 * knee:
+        n1 *= 2
+    if n1 <= PROBE_CAP and n1 < max_frames:
+        (m1, _), (m2, _) = trainer.peak(n1), trainer.peak(2 * n1)
+        per_frame = (m2 - m1) / n1
+        fixed = m2 - per_frame * 2 * n1
+    else:
+        b = PROBE_CAP
+        passing = (trainer.transient_bytes(b) - trainer.transient_bytes(a)) / (b - a)
+        per_frame = kept + max(passing, 0.0)
+        fixed = trainer.resident + saved[a] - kept * a
+    # Time: a slow step (a large model) grows in proportion to its frames; a fast one has a
+    # fixed part (optimizer step, launch overheads) that a second point, at PROBE_CAP, separates.
+    lo = 2 * a
+    t_lo = trainer.seconds(lo, budget_s=0.0)
+    fixed_s, s_per_frame = 0.0, t_lo / lo
+    if t_lo < 0.5:
+        t_lo, t_hi = trainer.seconds(lo, budget_s=0.3), trainer.seconds(PROBE_CAP, budget_s=0.3)
+        s_per_frame = max((t_hi - t_lo) / (PROBE_CAP - lo), t_hi / PROBE_CAP / 4)
+        fixed_s = max(t_hi - s_per_frame * PROBE_CAP, 0.0)
+    evals = trainer.seconds(lo, evaluate=True, budget_s=0.0) / lo
+    # measured on smaller frames: what grows with a frame grows with its pixels
+    return ShapeCost(norm, frozen, a, flat, fixed, per_frame * scale, fixed_s,
+                     s_per_frame * scale, evals * scale)
+
+
+def _val_frames(spec: StudySpec) -> int | None:
+    """Validation frames a trial evaluates every epoch, when cheap to know (None: data absent)."""
+    if spec.dataset.name == "synthetic":
+        from pitfalls.data.synthetic import video_lengths
+
+        return sum(video_lengths(spec.dataset.options)[:spec.dataset.options.val_videos])
+    try:
+        from pitfalls.data.load import load_data
+
+        return sum(len(v) for v in load_data(spec.dataset).val)
+    except Exception:  # noqa: BLE001 - planning a study whose data lives elsewhere
+        return None
+
+
+def _planning_fast_path(spec: StudySpec, device: torch.device) -> FastPath:
+    """The fast path the trials will run with; planning a GPU study on a CPU measures with the
+    GPU's autocast precision (bf16 under `auto`; fp16 keeps the same bytes as bf16)."""
+    from dataclasses import replace
+
+    perf = spec.performance
+    if device.type == "cpu" and spec.resources.gpus_per_worker:
+        precision = "bf16" if perf.precision in ("auto", "fp16") else perf.precision
+        return replace(resolve(replace(perf, precision=precision), device),
+                       channels_last=perf.channels_last is not False)
+    return resolve(perf, device)
+
+
+def plan_study(spec: StudySpec, device: torch.device | None = None,
+               gpu_memory_gb: float | None = None) -> StudyPlan:
+    """Measure every model shape of `spec` on `device` and plan every configuration."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fast = _planning_fast_path(spec, device)
+    if gpu_memory_gb is not None:
+        budget, source = gpu_memory_gb * GiB, f"--gpu-memory {gpu_memory_gb:g} GB"
+    elif device.type == "cuda":
+        budget = float(torch.cuda.get_device_properties(device).total_memory)
+        source = torch.cuda.get_device_name(device)
+    else:
+        budget, source = DEFAULT_GPU_GB * GiB, f"{DEFAULT_GPU_GB:g} GB (an H100; --gpu-memory to change)"
+    t0 = time.perf_counter()
+    configs = configurations(spec)
+    k, workers = spec.performance.grad_accumulation, spec.resources.workers
+
+    def frames_in_memory(c: dict) -> int:  # one micro-batch of this worker's share
+        return max(c["videos_per_batch"] // workers // k, 1) * c["seq_len"]
+
+    costs = {}
+    for shape in sorted({(c["norm"], c["frozen_stages"]) for c in configs}):
+        largest = max(frames_in_memory(c) for c in configs
+                      if (c["norm"], c["frozen_stages"]) == shape)
+        costs[shape] = measure_shape(spec, shape[0], shape[1], device, fast, largest)
+    plan = StudyPlan(spec, device.type, fast, budget, source, costs, val_frames=_val_frames(spec),
+                     measure_s=time.perf_counter() - t0)
+    budget_spec = spec.budget
+    for c in configs:
+        cost = costs[(c["norm"], c["frozen_stages"])]
+        frames = frames_in_memory(c)
+        step_s = k * cost.step_s(frames)
+        eval_s = cost.eval_s_per_frame * plan.val_frames if plan.val_frames else 0.0
+        trial_s = budget_spec.epochs * (budget_spec.steps_per_epoch * step_s + eval_s)
+        peak = cost.peak_bytes(frames)
+        plan.configs.append(ConfigPlan(c, frames, peak, peak <= budget, step_s, trial_s))
+    return plan
+
+
+def _mib(b: float) -> str:
+    return f"{b / GiB:.2f} GiB" if b >= GiB else f"{b / 2**20:.1f} MiB"
+
+
+def _duration(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
+
+
+def render(plan: StudyPlan) -> str:
+    spec = plan.spec
+    varied = [n for n, v in spec.search_space.factors if len(v) > 1] or ["norm"]
+    lines = [
+        f"plan: {spec.name}: {spec.num_trials} trials ({spec.searcher.type}), "
+        f"{len(plan.configs)} configuration(s), {len(plan.shapes)} model shape(s) of "
+        f"{spec.model.backbone} measured on {plan.device} in {plan.measure_s:.1f} s",
+        f"fast path on {plan.device}: {plan.fast.precision}, channels_last="
+        f"{plan.fast.channels_last}, grad_accumulation={plan.fast.grad_accumulation}, "
+        f"activation_checkpointing={plan.fast.activation_checkpointing}; frames "
+        f"{'x'.join(map(str, frame_shape(spec)[::-1]))}; memory budget {_mib(plan.budget_bytes)} "
+        f"({plan.budget_source})",
+        "",
+    ]
+    cols = varied + [c for c in ("seq_len", "videos_per_batch") if c not in varied]
+    lines.append(f"| {' | '.join(cols)} | frames in memory | peak train memory | fits | s/step "
+                 "| compute/trial |")
+    lines.append("|" + "---|" * (len(cols) + 5))
+    for c in plan.configs:
+        cells = [str(c.params[n]) for n in cols]
+        lines.append(f"| {' | '.join(cells)} | {c.frames_per_micro_step} | {_mib(c.peak_bytes)} | "
+                     f"{'yes' if c.fits else 'NO'} | {c.step_s:.3f} | {_duration(c.trial_s)} |")
+    per_trial = plan.total_s / max(spec.num_trials, 1)
+    evaluation = (f"evaluation of {plan.val_frames} validation frames per epoch included"
+                  if plan.val_frames else "evaluation not included: the data is not on this machine")
+    lines += ["", f"compute on this {plan.device}: {_duration(per_trial)} per trial on average, "
+                  f"{_duration(plan.total_s)} for all {spec.num_trials} trials ({evaluation}); "
+                  "divide by the trials that run at once"]
+    lanes = sorted({c.params["videos_per_batch"] for c in plan.configs})
+    lines += ["", f"longest sequence that fits {_mib(plan.budget_bytes)} "
+                  f"(per worker, per micro-batch of {plan.fast.grad_accumulation}):",
+              f"| norm | frozen_stages | {' | '.join(f'videos_per_batch={v}' for v in lanes)} |",
+              "|" + "---|" * (2 + len(lanes))]
+    k, workers = spec.performance.grad_accumulation, spec.resources.workers
+    for (norm, frozen), cost in sorted(plan.shapes.items()):
+        longest = [str(cost.longest(plan.budget_bytes, max(v // workers // k, 1))) for v in lanes]
+        lines.append(f"| {norm} | {frozen} | {' | '.join(longest)} |")
+    return "\n".join(lines)
