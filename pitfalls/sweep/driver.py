@@ -127,6 +127,15 @@ def _remote_problem(spec: StudySpec, storage: StudyStorage, tracking_uri: str | 
     """Why a study on object storage would still depend on files on this machine, or None."""
     if not storage.remote:
         return None
+    import pyarrow.fs as pafs
+
+    bucket = storage.root.split("/")[0]
+    try:
+        found = storage.fs.get_file_info(bucket).type == pafs.FileType.Directory
+    except OSError as e:
+        return f"storage {storage.uri}: cannot reach it ({e})"
+    if not found:
+        return f"storage {storage.uri}: bucket {bucket!r} does not exist (create it first)"
     if not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         return (f"storage {storage.uri}: the default MLflow store is a sqlite file on this "
                 "machine; pass --mlflow-uri (a tracking server, e.g. http://HOST:5000)")

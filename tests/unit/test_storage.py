@@ -169,3 +169,12 @@ def test_object_storage_needs_a_tracking_server(s3_server, tmp_path, monkeypatch
     with pytest.raises(StudySetupError, match="pass --mlflow-uri"):
         run_study(spec, study_storage(s3_server.uri("needs"), "remote"))
     assert not (tmp_path / "studies").exists()
+
+
+def test_a_missing_bucket_is_refused_before_anything_starts(s3_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("PITFALLS_CACHE", str(tmp_path))
+    spec = parse_study(tiny_study(name="nobucket"))
+    uri = s3_server.uri("x").replace("s3://pitfalls/", "s3://no-such-bucket/")
+    with pytest.raises(StudySetupError, match="bucket 'no-such-bucket' does not exist"):
+        run_study(spec, study_storage(uri, "nobucket"), tracking_uri="sqlite:///unused.db")
+    assert not (tmp_path / "studies").exists()
