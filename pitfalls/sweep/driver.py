@@ -32,6 +32,7 @@ from pitfalls.sweep.tracking import (StudyRun, check_reachable, default_tracking
                                      open_study_run)
 
 TUNE_DIR = "tune"
+CHECKPOINT_DIR = "checkpoints"
 
 
 class StudySetupError(RuntimeError):
@@ -301,7 +302,8 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
         capacity = cluster_capacity()
         if problem := resource_problem(spec, capacity):
             raise StudySetupError(problem)
-        ctx = TrialContext(spec, study_run, str(study_dir), storage.fs, storage.train_root)
+        ctx = TrialContext(spec, study_run, str(study_dir), storage.fs, storage.train_root,
+                           f"{storage.root}/{CHECKPOINT_DIR}")
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         _trial_resources(spec, capacity))
         tune_dir = f"{storage.root}/{TUNE_DIR}"
@@ -330,8 +332,8 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
                     name=TUNE_DIR, storage_path=storage.root, verbose=0,
                     storage_filesystem=storage.fs,
                     callbacks=[ConsoleProgress(spec, out), recorder],
+                    # checkpoints are the trials' own (pitfalls.sweep.checkpoints), not Tune's
                     failure_config=tune.FailureConfig(max_failures=ft.trial_retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=ft.keep_checkpoints),
                 ),
             )
         tuner.fit()

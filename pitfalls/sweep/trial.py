@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.fs
 
 from pitfalls.config import StudySpec, TrialConfig, TrialParams
+from pitfalls.sweep.checkpoints import CheckpointStore
 from pitfalls.sweep.tracking import StudyRun, TrialLogger, open_trial_run
 
 
@@ -24,8 +25,13 @@ class TrialContext:
     study: StudySpec
     study_run: StudyRun
     study_dir: str  # the driver's working directory (MLflow records waiting to be sent)
-    storage_fs: pyarrow.fs.FileSystem  # where Ray Train keeps multi-worker checkpoints
-    train_root: str
+    storage_fs: pyarrow.fs.FileSystem  # the study's storage (local/NFS or object storage)
+    train_root: str  # Ray Train's runs of multi-worker trials
+    checkpoint_root: str  # the trials' checkpoints (CheckpointStore), one folder per trial
+
+    def checkpoints(self, trial_id: str) -> CheckpointStore:
+        return CheckpointStore(self.storage_fs, f"{self.checkpoint_root}/{trial_id}",
+                               self.study.fault_tolerance.keep_checkpoints)
 
 
 def trial_run_name(trial_id: str, params: TrialParams, varied: list[str]) -> str:
@@ -33,7 +39,6 @@ def trial_run_name(trial_id: str, params: TrialParams, varied: list[str]) -> str
     return " ".join([trial_id, *shown, f"seed={params.seed}"])
 
 
-STATE_FILE = "state.pt"
 
 
 def run_trial(config: dict, *, ctx: TrialContext) -> None:
@@ -48,7 +53,7 @@ def run_trial(config: dict, *, ctx: TrialContext) -> None:
     logger = TrialLogger(ctx.study_run.tracking_uri, run_id, pending_dir(ctx.study_dir))
     try:
         if ctx.study.resources.workers == 1:
-            _train_in_process(cfg, logger)
+            _train_in_process(cfg, logger, ctx.checkpoints(trial_id))
         else:
             _train_with_ray_train(cfg, trial_id, ctx, run_id)
     except BaseException as e:
@@ -95,26 +100,7 @@ def tune_metrics(metrics: dict, state: dict, epochs: int) -> dict:
     return metrics
 
 
-def save_state(state: dict, directory: str) -> None:
-    import torch
-
-    torch.save(state, Path(directory) / STATE_FILE)
-
-
-def load_state(checkpoint) -> dict | None:
-    """The training state in a Ray checkpoint (None when there is none). The file was written by
-    this study's own trials: restoring unpickles it, so a study directory must be trusted."""
-    import torch
-
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-
-
-def _train_in_process(cfg: TrialConfig, logger: TrialLogger) -> None:
-    import tempfile
-
+def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointStore) -> None:
     import ray.tune
     import torch
 
@@ -124,15 +110,13 @@ def _train_in_process(cfg: TrialConfig, logger: TrialLogger) -> None:
     torch.set_num_threads(max(1, int(res.cpus_per_worker)))
     device = torch.device("cuda" if res.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
     epochs = EpochLog(logger)
-    resume = load_state(ray.tune.get_checkpoint())
+    resume = store.latest()
     if resume is not None:
         epochs.restore(resume["history"])
 
     def report(metrics: dict, state: dict) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_state(state, tmp)
-            ray.tune.report(tune_metrics(metrics, state, cfg.study.budget.epochs),
-                            checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+        store.save(state)  # before Tune or MLflow hear of the epoch
+        ray.tune.report(tune_metrics(metrics, state, cfg.study.budget.epochs))
         epochs.log(metrics)
 
     train(cfg, report=report, device=device, resume=resume, snapshot=True,
@@ -141,8 +125,6 @@ def _train_in_process(cfg: TrialConfig, logger: TrialLogger) -> None:
 
 def _worker_loop(loop_config: dict) -> None:
     """Runs in every Ray Train worker; the process group is already set up (gloo/nccl)."""
-    import tempfile
-
     import ray.train
     import ray.train.torch
     import torch
@@ -156,19 +138,18 @@ def _worker_loop(loop_config: dict) -> None:
     if rank == 0:
         epochs = EpochLog(TrialLogger(loop_config["tracking_uri"], loop_config["run_id"],
                                       pending_dir(loop_config["study_dir"])))
-    resume = load_state(ray.train.get_checkpoint())
+    store: CheckpointStore = loop_config["checkpoints"]
+    resume = store.latest()  # every rank: the same state (a restarted worker group included)
     if resume is not None and epochs is not None:
         epochs.restore(resume["history"])
 
     def report(metrics: dict, state: dict) -> None:
         shown = tune_metrics(metrics, state, cfg.study.budget.epochs)
-        if rank != 0:  # a barrier: every rank reports the same (gathered) metrics
-            ray.train.report(shown, checkpoint=None)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            save_state(state, tmp)
-            ray.train.report(shown, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        epochs.log(metrics)
+        if rank == 0:
+            store.save(state)
+        ray.train.report(shown, checkpoint=None)  # a barrier: every rank reports the same
+        if rank == 0:
+            epochs.log(metrics)
 
     train(cfg, report=report, device=ray.train.torch.get_device(), resume=resume, snapshot=True,
           on_setup=epochs.logger.log_params if epochs is not None else None)
@@ -187,7 +168,7 @@ def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, ru
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg, "tracking_uri": ctx.study_run.tracking_uri, "run_id": run_id,
-                           "study_dir": ctx.study_dir},
+                           "study_dir": ctx.study_dir, "checkpoints": ctx.checkpoints(trial_id)},
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -196,7 +177,6 @@ def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, ru
             storage_filesystem=ctx.storage_fs,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=ft.worker_retries),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ft.keep_checkpoints),
         ),
     )
     trainer.fit()

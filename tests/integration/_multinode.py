@@ -41,7 +41,7 @@ def main(out: Path) -> None:
     def remove_a_worker_node_after_the_first_checkpoint() -> None:
         deadline = time.time() + 400
         while time.time() < deadline:
-            if list((study_dir / "train").glob("*/checkpoint_*")):
+            if list((study_dir / "checkpoints").glob("*/epoch-*.pt")):
                 time.sleep(1.0)
                 busy = [n for n in workers if available_cpus(n.node_id) == 0]
                 cluster.remove_node(busy[0], allow_graceful=False)  # a node running a worker dies
