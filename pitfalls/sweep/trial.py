@@ -100,6 +100,15 @@ def tune_metrics(metrics: dict, state: dict, epochs: int) -> dict:
     return metrics
 
 
+def already_finished(resume: dict | None, epochs: int) -> dict | None:
+    """Tune's last report for a trial whose final checkpoint was saved but whose final report
+    never reached Tune (the driver died in between): nothing is left to train, yet Tune needs that
+    report (with the metric it optimizes) to count the trial as finished."""
+    if resume is None or resume["epoch"] < epochs:
+        return None
+    return tune_metrics(resume["history"][-1], resume, epochs)
+
+
 def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointStore) -> None:
     import ray.tune
     import torch
@@ -113,6 +122,10 @@ def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointSt
     resume = store.latest()
     if resume is not None:
         epochs.restore(resume["history"])
+    final = already_finished(resume, cfg.study.budget.epochs)
+    if final is not None:
+        ray.tune.report(final)
+        return
 
     def report(metrics: dict, state: dict) -> None:
         store.save(state)  # before Tune or MLflow hear of the epoch
@@ -142,6 +155,10 @@ def _worker_loop(loop_config: dict) -> None:
     resume = store.latest()  # every rank: the same state (a restarted worker group included)
     if resume is not None and epochs is not None:
         epochs.restore(resume["history"])
+    final = already_finished(resume, cfg.study.budget.epochs)
+    if final is not None:
+        ray.train.report(final, checkpoint=None)
+        return
 
     def report(metrics: dict, state: dict) -> None:
         shown = tune_metrics(metrics, state, cfg.study.budget.epochs)
