@@ -1,4 +1,4 @@
-"""`pitfalls run | resume | plan | report | probe | data`: parse arguments and the study once, then hand over."""
+"""`pitfalls run | resume | plan | report | probe | data | reproduce`: parse arguments and the study once, then hand over."""
 
 from __future__ import annotations
 
@@ -146,6 +146,22 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from pitfalls.repro import reproduce, render
+    from pitfalls.sweep.driver import StudySetupError
+
+    try:
+        rep = reproduce(Path(args.out), address=args.address, tracking_uri=args.mlflow_uri,
+                        seeds=args.seeds, steps_per_epoch=args.steps_per_epoch)
+    except (StudySetupError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print()
+    print(render(rep))
+    print(f"written: {Path(args.out) / 'reproduction.md'} and reproduction.json")
+    return 0
+
+
 def _probe(args: argparse.Namespace) -> int:
     import json
 
@@ -222,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "a self-contained report with figures (report.html in the study dir, "
                              "else ./NAME-report.html); json: every number; csv: the table")
     report.set_defaults(func=_report)
+    repro = sub.add_parser("reproduce", help="the papers' findings F1-F4 on synthetic video: three "
+                                             "small studies and a significance test per finding "
+                                             "(about 25 min on 2 CPU cores)")
+    repro.add_argument("--out", default="runs/reproduction",
+                       help="where the studies and reproduction.md go (default: runs/reproduction); "
+                            "run again with the same --out to continue an interrupted run")
+    repro.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: a sqlite "
+                                                          "file per study)")
+    repro.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
+    repro.add_argument("--seeds", type=int, nargs="+", default=None,
+                       help="seeds instead of the studies' 0..4 (fewer seeds: weaker tests)")
+    repro.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="training steps per epoch instead of the studies' 150 (a smoke run)")
+    repro.set_defaults(func=_reproduce)
     from pitfalls.probes.cli import add_arguments
 
     probe = sub.add_parser("probe", help="probe a model for BN pitfalls (leakage, batch dependence, "

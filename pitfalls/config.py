@@ -46,8 +46,11 @@ TASK_METRICS: dict[str, dict[str, str]] = {
     "anticipation": {"val_wMAE": "min", "val_inMAE": "min", "val_outMAE": "min", "val_eMAE": "min",
                      "val_loss": "min", "train_loss": "min"},
 }
+# Metrics that need evaluation.cheat_gap (any task).
+CHEAT_GAP_METRICS = {f"{split}_{name}": "min" for split in ("val", "train")
+                     for name in ("err_batchstats", "err_runningstats", "cheat_gap")}
 DEFAULT_METRIC = {"phase": "val_accuracy", "anticipation": "val_wMAE"}
-METRICS = tuple(dict.fromkeys(m for ms in TASK_METRICS.values() for m in ms))
+METRICS = tuple(dict.fromkeys([*(m for ms in TASK_METRICS.values() for m in ms), *CHEAT_GAP_METRICS]))
 MODES = ("max", "min")
 
 
@@ -169,6 +172,9 @@ class BudgetSpec:
 class EvaluationSpec:
     precise_bn_batches: int = 0  # >0: recompute BN population statistics before every evaluation
     probes: bool = False  # run the pitfall probes after the last epoch; results as probe_* metrics
+    # evaluate val videos also in training-length chunks with batch vs running BN statistics:
+    # {val,train}_err_batchstats, _err_runningstats, _cheat_gap (pitfalls/train/cheat_gap.py)
+    cheat_gap: bool = False
 
 
 @dataclass(frozen=True)
@@ -725,8 +731,9 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
                              minimums={"epochs": 1, "steps_per_epoch": 1})
     evaluation = _dataclass_from(EvaluationSpec, _mapping(raw.get("evaluation"), "evaluation", p),
                                  "evaluation", p, minimums={"precise_bn_batches": 0})
-    if not isinstance(evaluation.probes, bool):
-        p.add("evaluation.probes", evaluation.probes, "must be true or false")
+    for flag in ("probes", "cheat_gap"):
+        if not isinstance(getattr(evaluation, flag), bool):
+            p.add(f"evaluation.{flag}", getattr(evaluation, flag), "must be true or false")
     resources = _dataclass_from(ResourceSpec, _mapping(raw.get("resources"), "resources", p),
                                 "resources", p, minimums={"workers": 1, "cpus_per_worker": 0.01,
                                                           "gpus_per_worker": 0})
@@ -742,7 +749,7 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
     if searcher.type == "optuna" and len(seeds) != 1:
         p.add("seeds", seeds, "optuna searches with one seed (a sampler must not tune the seed); "
               "list one seed, or use searcher.type: grid to cross seeds")
-    metric = _parse_metric(raw.get("metric"), task.name, p)
+    metric = _parse_metric(raw.get("metric"), task.name, evaluation.cheat_gap is True, p)
 
     space_ref = raw.get("search_space")
     if isinstance(space_ref, str):
@@ -774,10 +781,13 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
     return spec
 
 
-def _parse_metric(raw: Any, task: str, p: _Problems) -> MetricSpec:
+def _parse_metric(raw: Any, task: str, cheat_gap: bool, p: _Problems) -> MetricSpec:
     """The metric to optimize/compare; its default and valid names depend on the task."""
     raw = _mapping(raw, "metric", p)
-    valid = TASK_METRICS[task]
+    valid = {**TASK_METRICS[task], **(CHEAT_GAP_METRICS if cheat_gap else {})}
+    if raw.get("name") in CHEAT_GAP_METRICS and not cheat_gap:
+        p.add("metric.name", raw["name"], "is measured only with evaluation.cheat_gap: true")
+        return MetricSpec(name=raw["name"], mode=CHEAT_GAP_METRICS[raw["name"]])
     name = raw.get("name", DEFAULT_METRIC[task])
     default_mode = valid.get(name, "max")
     metric = _dataclass_from(MetricSpec, {"mode": default_mode, **raw, "name": name}, "metric", p, {})

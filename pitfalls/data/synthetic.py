@@ -27,6 +27,8 @@ class SyntheticOptions:
     max_phase_frames: int = 18
     frame_size: int = 32
     noise: float = 0.35
+    video_shift: float = 1.0  # spread of the per-video gain/offset (camera, patient, lighting)
+    tool_size: float = 0.1  # std of an instrument's blob, in half frame widths (0.3: ~a quarter of the frame)
     seed: int = 0
 
 
@@ -87,10 +89,12 @@ def make_video(opts: SyntheticOptions, index: int) -> Video:
     for k in range(opts.num_tools):  # one moving blob per present instrument
         cx = 0.6 * np.cos(2 * np.pi * k / max(opts.num_tools, 1) + 0.05 * t)
         cy = 0.6 * np.sin(2 * np.pi * k / max(opts.num_tools, 1) + 0.05 * t)
-        blob = np.exp(-((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) / 0.02)
+        d2 = (xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2
+        blob = np.exp(-d2 / (2 * opts.tool_size ** 2))
         img += 0.6 * (tools[:, k, None, None] * blob)[..., None]
 
-    gain, offset = rng.uniform(0.7, 1.3), rng.uniform(-0.15, 0.15)  # per-video camera/patient
+    shift = opts.video_shift  # per-video camera/patient
+    gain, offset = 1 + rng.uniform(-0.3, 0.3) * shift, rng.uniform(-0.15, 0.15) * shift
     img = gain * img + offset + opts.noise * rng.standard_normal(img.shape, dtype=np.float32)
     frames = (np.clip(img, 0, 1) * 255).astype(np.uint8)
     return Video(id=f"synthetic-{index:03d}", frames=frames, phases=phases, tools=tools)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 # Phase metrics, anticipation metrics (minutes), losses; a task's absent metrics are null.
 METRICS = ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_jaccard",
-           "val_wMAE", "val_inMAE", "val_outMAE", "val_eMAE", "val_loss", "train_loss")
+           "val_wMAE", "val_inMAE", "val_outMAE", "val_eMAE", "val_loss", "train_loss",
+           # v4: the cheat gap (evaluation.cheat_gap)
+           "val_err_batchstats", "val_err_runningstats", "val_cheat_gap",
+           "train_err_batchstats", "train_err_runningstats", "train_cheat_gap")
 LOWER_IS_BETTER = frozenset({"val_loss", "train_loss", "val_wMAE", "val_inMAE", "val_outMAE",
-                             "val_eMAE"})
+                             "val_eMAE", "val_err_batchstats", "val_err_runningstats",
+                             "val_cheat_gap", "train_err_batchstats", "train_err_runningstats",
+                             "train_cheat_gap"})
 # Pitfall probes after the last epoch (study option evaluation.probes); null when not run.
 PROBES = ("probe_leak_train", "probe_leak_change_train", "probe_leak_eval", "probe_leak_change_eval",
           "probe_batch_dependent_train", "probe_batch_change_train", "probe_train_eval_output_gap",

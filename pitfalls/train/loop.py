@@ -26,6 +26,7 @@ from pitfalls.data.sampler import CarriedSampler, SequenceSampler
 from pitfalls.models.precise_bn import batch_stat_layers, update_bn_stats
 from pitfalls.models.video_model import State, VideoModel, build_model
 from pitfalls.train.augment import augment
+from pitfalls.train.cheat_gap import cheat_gap_metrics, cheat_gap_records
 from pitfalls.train.fast import FastPath, Stepper, frames_layout, prepare_model, resolve
 from pitfalls.train.tasks import PhaseTask, Task, make_task
 
@@ -241,6 +242,14 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
             update_bn_stats(model, extra_batches(precise_bn))
         shard = val_videos[d.rank::d.world_size]
         records, val_loss_sum, frames = _gather(*evaluate(model, shard, task, device, fast), d)
+        gap = {}
+        if study.evaluation.cheat_gap:
+            seen = train_videos[:len(val_videos)][d.rank::d.world_size]
+            for split, videos in (("val", shard), ("train", seen)):
+                batch, running = cheat_gap_records(model, videos, task, p.seq_len, device, fast,
+                                                   p.carry_hidden)
+                gap.update(cheat_gap_metrics(task, _gather(batch, 0.0, 0, d)[0],
+                                             _gather(running, 0.0, 0, d)[0], split))
         if d.world_size > 1:
             t = torch.tensor([train_loss], dtype=torch.float64, device=device)  # NCCL: on GPU
             dist.all_reduce(t)
@@ -250,6 +259,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
             "train_loss": train_loss,
             "val_loss": val_loss_sum / max(frames, 1),
             **task.summarize(records),
+            **gap,
             "train_frames_per_s": study.budget.steps_per_epoch * p.videos_per_batch * p.seq_len / train_s,
             "epoch_s": time.perf_counter() - t0,
             "world_size": d.world_size,
