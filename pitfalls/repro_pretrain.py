@@ -17,7 +17,7 @@ from pitfalls.data.synthetic import SyntheticOptions, make_videos
 from pitfalls.models.backbone import create_backbone, feature_dim
 
 
-def pretrain_backbone(out: Path, backbone: str, options: SyntheticOptions, *, steps: int = 400,
+def pretrain_backbone(out: Path, backbone: str, options: SyntheticOptions, *, steps: int = 1000,
                       batch: int = 64, lr: float = 1e-3, seed: int = 0) -> Path:
     """Train `backbone` (timm, its own BN) to classify phases of single frames; save its weights."""
     torch.manual_seed(seed)

@@ -22,6 +22,23 @@ def test_every_shipped_study_validates(path):
 
 CPU_STUDIES = sorted((ROOT / "studies" / "cpu").glob("*.yaml"))
 PAPER_STUDIES = sorted((ROOT / "studies" / "paper").glob("*.yaml"))
+REPRO_STUDIES = sorted((ROOT / "studies" / "repro").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", REPRO_STUDIES, ids=lambda p: p.name)
+def test_every_reproduction_study_validates_with_five_seeds(path):
+    spec = load_study(path)
+    assert spec.dataset.name == "synthetic" and len(spec.seeds) >= 5
+
+
+def test_cheat_gap_metrics_need_the_cheat_gap_evaluation():
+    with pytest.raises(StudyError, match="metric.name: 'train_cheat_gap' is measured only with "
+                                         "evaluation.cheat_gap: true"):
+        parse_study(tiny_study(metric={"name": "train_cheat_gap", "mode": "min"}))
+    spec = parse_study(tiny_study(metric={"name": "val_cheat_gap"}, evaluation={"cheat_gap": True}))
+    assert spec.metric.mode == "min" and spec.evaluation.cheat_gap
+    with pytest.raises(StudyError, match="evaluation.cheat_gap: 'yes' must be true or false"):
+        parse_study(tiny_study(evaluation={"cheat_gap": "yes"}))
 
 
 @pytest.mark.parametrize("path", CPU_STUDIES, ids=lambda p: p.name)
