@@ -15,7 +15,10 @@ allocations torch's profiler records per op), not what the process holds.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -127,6 +130,20 @@ def configurations(spec: StudySpec) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(factors[n] for n in names))]
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 (where C++ libraries log) to /dev/null for the block only."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory(run: Callable[[], None], device: torch.device) -> float:
     """Peak bytes allocated above the level before `run` (frees below it count as negative)."""
     if device.type == "cuda":
@@ -138,8 +155,14 @@ def peak_memory(run: Callable[[], None], device: torch.device) -> float:
         return float(torch.cuda.max_memory_allocated(device) - base)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced():  # kineto prints profiler_start/stop lines on every session
+        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        prof.start()
+    try:
         run()
+    finally:
+        with _native_stderr_silenced():
+            prof.stop()
     # each allocation is counted once, in the innermost op that made it, at the op's end
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
                     key=lambda e: e.time_range.end)

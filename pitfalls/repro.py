@@ -162,6 +162,15 @@ def machine() -> str:
             f"{platform.python_version()}, torch {torch.__version__}")
 
 
+def _completed(study_dir: Path) -> int:
+    from pitfalls.results import read_results
+
+    path = study_dir / "results.parquet"
+    if not path.is_file():
+        return 0
+    return pc.sum(pc.equal(read_results(path)["status"], "completed")).as_py() or 0
+
+
 def _freezing_study(specs: list):
     return next(s for s in specs if s.name == "repro_f3_f4_freeze_seq")
 
@@ -192,7 +201,7 @@ def reproduce(out_dir: Path, *, address: str | None = None, tracking_uri: str | 
     """Run (or resume) the three studies in `out_dir`, then test every finding."""
     from pitfalls.repro_pretrain import pretrain_backbone
     from pitfalls.results import read_results
-    from pitfalls.sweep.driver import resume_study, run_study
+    from pitfalls.sweep.driver import resume_study, run_study, study_changes
 
     out_dir = Path(out_dir).resolve()
     rep = Reproduction(machine=machine())
@@ -210,13 +219,20 @@ def reproduce(out_dir: Path, *, address: str | None = None, tracking_uri: str | 
     for spec in specs:
         study_dir = out_dir / spec.name
         t0 = time.perf_counter()
-        if (study_dir / "state.json").is_file():
+        state = study_dir / "state.json"
+        if not state.is_file():
+            outcome = run_study(spec, study_dir, tracking_uri=tracking_uri, address=address, out=out)
+        elif changes := study_changes(json.loads(state.read_text()).get("study") or {}, spec.to_dict()):
+            raise RuntimeError(f"{study_dir} holds {spec.name} run with another definition "
+                               f"(changed: {'; '.join(changes)}); choose another --out")
+        elif _completed(study_dir) == spec.num_trials:
+            print(f"\n{spec.name}: complete in {study_dir}, read back", file=out)
+            outcome = None
+        else:
             print(f"\n{spec.name}: continuing the study in {study_dir}", file=out)
             outcome = resume_study(study_dir, tracking_uri=tracking_uri, address=address, out=out)
-        else:
-            outcome = run_study(spec, study_dir, tracking_uri=tracking_uri, address=address, out=out)
         rep.wall_s[spec.name] = time.perf_counter() - t0
-        if outcome.failed or outcome.unfinished:
+        if outcome is not None and (outcome.failed or outcome.unfinished):
             raise RuntimeError(f"{spec.name}: {outcome.failed} failed, {outcome.unfinished} unfinished; "
                                f"run the same command again to continue")
         results[spec.name] = read_results(study_dir / "results.parquet")

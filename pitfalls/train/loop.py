@@ -243,7 +243,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
         shard = val_videos[d.rank::d.world_size]
         records, val_loss_sum, frames = _gather(*evaluate(model, shard, task, device, fast), d)
         gap = {}
-        if study.evaluation.cheat_gap:
+        if study.evaluation.cheat_gap and epoch == study.budget.epochs:  # a diagnosis of the trained model
             seen = train_videos[:len(val_videos)][d.rank::d.world_size]
             for split, videos in (("val", shard), ("train", seen)):
                 batch, running = cheat_gap_records(model, videos, task, p.seq_len, device, fast,

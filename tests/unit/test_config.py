@@ -31,12 +31,12 @@ def test_every_reproduction_study_validates_with_five_seeds(path):
     assert spec.dataset.name == "synthetic" and len(spec.seeds) >= 5
 
 
-def test_cheat_gap_metrics_need_the_cheat_gap_evaluation():
-    with pytest.raises(StudyError, match="metric.name: 'train_cheat_gap' is measured only with "
-                                         "evaluation.cheat_gap: true"):
-        parse_study(tiny_study(metric={"name": "train_cheat_gap", "mode": "min"}))
-    spec = parse_study(tiny_study(metric={"name": "val_cheat_gap"}, evaluation={"cheat_gap": True}))
-    assert spec.metric.mode == "min" and spec.evaluation.cheat_gap
+def test_cheat_gap_metrics_are_results_not_study_metrics():
+    with pytest.raises(StudyError, match="metric.name: 'train_cheat_gap' is measured once, after the "
+                                         "last epoch"):
+        parse_study(tiny_study(metric={"name": "train_cheat_gap", "mode": "min"},
+                               evaluation={"cheat_gap": True}))
+    assert parse_study(tiny_study(evaluation={"cheat_gap": True})).evaluation.cheat_gap
     with pytest.raises(StudyError, match="evaluation.cheat_gap: 'yes' must be true or false"):
         parse_study(tiny_study(evaluation={"cheat_gap": "yes"}))
 
