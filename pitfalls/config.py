@@ -29,10 +29,11 @@ TRIAL_PARAMS: dict[str, type] = {
     "seq_len": int,
     "videos_per_batch": int,
     "carry_hidden": bool,
+    "precise_bn": bool,
     "lr": float,
     "weight_decay": float,
 }
-OPTIONAL_FACTORS = ("carry_hidden",)  # factors a study may sweep; fixed at their default otherwise
+OPTIONAL_FACTORS = ("carry_hidden", "precise_bn")  # a study may sweep them; else at their default
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TASKS = ("phase", "anticipation")
 DATASETS = ("synthetic", "cholec80", "frames")
@@ -324,6 +325,9 @@ class TrialParams:
     weight_decay: float
     seed: int
     carry_hidden: bool = False  # carry the LSTM state (detached) across consecutive chunks
+    # as a factor: PreciseBN (evaluation.precise_bn_batches) vs the EMA running statistics; when
+    # not swept, evaluation.precise_bn_batches alone decides (see `precise_bn_batches`)
+    precise_bn: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialParams":
@@ -336,7 +340,15 @@ class TrialParams:
 
 TRIAL_PARAM_TYPES: dict[str, type] = {**TRIAL_PARAMS, "seed": int}
 NUISANCE_FALLBACKS = {"lr": 1e-3, "weight_decay": 1e-4}
-PARAM_DEFAULTS = {"carry_hidden": False}  # optional factors at their default when not swept
+PARAM_DEFAULTS = {"carry_hidden": False, "precise_bn": False}  # optional factors when not swept
+
+
+def precise_bn_batches(cfg: "TrialConfig") -> int:
+    """Batches PreciseBN recomputes BN statistics over before each evaluation (0: the EMA)."""
+    batches = cfg.study.evaluation.precise_bn_batches
+    if "precise_bn" in dict(cfg.study.search_space.factors):
+        return batches if cfg.params.precise_bn else 0
+    return batches
 
 
 def parse_param(name: str, text: str) -> Any:
@@ -769,6 +781,11 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
                       f"must be divisible by resources.workers x performance.grad_accumulation "
                       f"({resources.workers} x {k}): each micro-batch takes an equal share of "
                       "a worker's sequences")
+    if True in dict(space.factors).get("precise_bn", ()) and isinstance(
+            evaluation.precise_bn_batches, int) and evaluation.precise_bn_batches < 1:
+        p.add("evaluation.precise_bn_batches", evaluation.precise_bn_batches,
+              "must be >= 1 when precise_bn is a factor: the batches PreciseBN recomputes the BN "
+              "statistics over")
     spec = StudySpec(name=name, description=str(raw.get("description", "")), dataset=dataset,
                      task=task, model=model, budget=budget, resources=resources, searcher=searcher,
                      seeds=tuple(seeds), metric=metric, search_space=space, evaluation=evaluation,

@@ -25,6 +25,7 @@ PARAM_FIELDS = [
     pa.field("seq_len", pa.int64()),
     pa.field("videos_per_batch", pa.int64()),
     pa.field("carry_hidden", pa.bool_()),
+    pa.field("precise_bn", pa.bool_()),  # v4; null in older files (it was study-level then)
     pa.field("lr", pa.float64()),
     pa.field("weight_decay", pa.float64()),
     pa.field("seed", pa.int64()),

@@ -65,8 +65,7 @@ def chunked_records(model: nn.Module, videos: list[Video], task: Task, seq_len: 
     records = []
     for video in videos:
         state, outputs = None, []
-        for start in range(0, len(video), seq_len):
-            stop = min(start + seq_len, len(video))
+        for start, stop in chunks(len(video), seq_len):
             x = frames_layout(_input(video, start, stop, device), fast)
             with fast.autocast():
                 out, new_state = model(x, state)
@@ -74,6 +73,16 @@ def chunked_records(model: nn.Module, videos: list[Video], task: Task, seq_len: 
             outputs.append(out.float()[0].cpu().numpy())
         records.append(task.video_record(np.concatenate(outputs), video))
     return records
+
+
+def chunks(frames: int, seq_len: int) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive chunks of `seq_len` frames; a 1-frame remainder joins the
+    chunk before it (BN in train mode needs more than one value per channel)."""
+    size = max(seq_len, 2)
+    bounds = [(a, min(a + size, frames)) for a in range(0, frames, size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], frames)]
+    return bounds
 
 
 def _input(video: Video, start: int, stop: int, device: torch.device) -> torch.Tensor:

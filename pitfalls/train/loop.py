@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pitfalls.config import TrialConfig
+from pitfalls.config import TrialConfig, precise_bn_batches
 from pitfalls.data.base import Video
 from pitfalls.data.load import anticipation_tools, load_data
 from pitfalls.data.sampler import CarriedSampler, SequenceSampler
@@ -198,7 +198,7 @@ def train(cfg: TrialConfig, report: Report = lambda m: None,
 
     if p.norm == "sync_batch" and d.world_size == 1:
         warnings.warn("norm 'sync_batch' with one worker is plain BatchNorm", stacklevel=2)
-    precise_bn = study.evaluation.precise_bn_batches if batch_stat_layers(model) else 0
+    precise_bn = precise_bn_batches(cfg) if batch_stat_layers(model) else 0
     metrics: dict = {}
     state: State | None = None
     history: list[dict] = []

@@ -152,3 +152,26 @@ def test_optuna_storage_password_moves_to_pgpassword(tmp_path, monkeypatch):
     assert url == "postgresql+psycopg2://me@127.0.0.1:5433/optuna"
     assert os.environ["PGPASSWORD"] == "s3cr@t"
     assert optuna_storage_url(tmp_path).startswith("sqlite:///")
+
+
+def _with_precise_bn_factor(batches: int) -> dict:
+    raw = tiny_study(evaluation={"precise_bn_batches": batches})
+    raw["search_space"] = {"factors": {**raw["search_space"]["factors"], "precise_bn": [False, True]}}
+    return raw
+
+
+def test_precise_bn_as_a_factor_decides_per_trial_and_needs_batches():
+    from pitfalls.config import TrialConfig, precise_bn_batches
+
+    with pytest.raises(StudyError, match="evaluation.precise_bn_batches: 0 must be >= 1 when "
+                                         "precise_bn is a factor"):
+        parse_study(_with_precise_bn_factor(0))
+    spec = parse_study(_with_precise_bn_factor(7))
+    params = {"norm": "batch", "frozen_stages": 0, "seq_len": 4, "videos_per_batch": 2, "lr": 1e-3,
+              "weight_decay": 0.0, "seed": 0}
+    on = TrialConfig(spec, TrialParams.from_dict({**params, "precise_bn": True}))
+    off = TrialConfig(spec, TrialParams.from_dict({**params, "precise_bn": False}))
+    assert precise_bn_batches(on) == 7 and precise_bn_batches(off) == 0  # off = the EMA
+    assert spec.num_trials == 2 * parse_study(tiny_study()).num_trials
+    study_level = parse_study(tiny_study(evaluation={"precise_bn_batches": 5}))
+    assert precise_bn_batches(TrialConfig(study_level, TrialParams.from_dict(params))) == 5

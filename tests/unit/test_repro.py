@@ -93,3 +93,21 @@ def test_cheat_gap_is_exactly_zero_without_batch_statistics_and_nonzero_with_the
     assert gaps["group"]["val_cheat_gap"] == 0.0
     assert set(gaps["batch"]) == {"val_err_batchstats", "val_err_runningstats", "val_cheat_gap"}
     assert gaps["batch"]["val_err_batchstats"] != gaps["batch"]["val_err_runningstats"]
+
+
+def test_chunks_cover_every_frame_and_never_leave_one_frame_alone():
+    from pitfalls.train.cheat_gap import chunks
+
+    assert chunks(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert chunks(9, 4) == [(0, 4), (4, 9)]  # a 1-frame chunk would break BN in train mode
+    assert chunks(5, 1) == [(0, 2), (2, 5)]
+    assert chunks(1, 4) == [(0, 1)]
+
+
+def test_cheat_gap_on_videos_whose_length_leaves_a_single_frame():
+    videos, task = _videos(), PhaseTask(5)
+    seq_len = len(videos[0]) - 1  # one chunk of seq_len, then a single frame
+    model = build_model("test_resnet", "batch", 0, 5)
+    batch, running = cheat_gap_records(model, videos[:1], task, seq_len, torch.device("cpu"),
+                                       resolve_default(torch.device("cpu")), False)
+    assert len(batch) == len(running) == 1
