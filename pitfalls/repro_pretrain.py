@@ -1,8 +1,9 @@
 """Stand-in for ImageNet weights in the CPU reproduction: nothing can be downloaded, and freezing
-early stages only makes sense for stages that learned something (finding 3). A backbone is
-pretrained as a frame classifier on *other* synthetic videos (a different generator seed, so no
-validation video is seen), with frames shuffled across videos (BatchNorm is fine there), and saved
-as a timm state_dict that `model.weights` loads."""
+early stages only makes sense for stages that learned generic features (finding 3). A backbone is
+pretrained as a frame classifier on *other* synthetic videos of several generator seeds, each seed
+a different set of phase looks (like ImageNet's many classes; no validation video is seen), frames
+shuffled across videos (BatchNorm is fine there), and saved as a timm state_dict that
+`model.weights` loads."""
 
 from __future__ import annotations
 
@@ -17,16 +18,27 @@ from pitfalls.data.synthetic import SyntheticOptions, make_videos
 from pitfalls.models.backbone import create_backbone, feature_dim
 
 
-def pretrain_backbone(out: Path, backbone: str, options: SyntheticOptions, *, steps: int = 1000,
-                      batch: int = 64, lr: float = 1e-3, seed: int = 0) -> Path:
-    """Train `backbone` (timm, its own BN) to classify phases of single frames; save its weights."""
+def pretraining_frames(options: SyntheticOptions, looks: int, videos_per_look: int
+                       ) -> tuple[np.ndarray, torch.Tensor]:
+    """Frames and labels (phase + look x phases) of `looks` generator seeds from seed + 1000 on."""
+    frames, labels = [], []
+    for k in range(looks):
+        opts = dataclasses.replace(options, seed=options.seed + 1000 + k, val_videos=0,
+                                   num_videos=videos_per_look)
+        videos, _ = make_videos(opts)
+        frames.append(np.concatenate([np.asarray(v.frames) for v in videos]))
+        labels.append(np.concatenate([v.phases + k * options.num_phases for v in videos]))
+    return np.concatenate(frames), torch.from_numpy(np.concatenate(labels))
+
+
+def pretrain_backbone(out: Path, backbone: str, options: SyntheticOptions, *, looks: int = 4,
+                      videos_per_look: int = 16, steps: int = 1000, batch: int = 64,
+                      lr: float = 1e-3, seed: int = 0) -> Path:
+    """Train `backbone` (timm, its own BN) to classify single frames; save its weights."""
     torch.manual_seed(seed)
-    opts = dataclasses.replace(options, seed=options.seed + 1000, val_videos=0)
-    videos, _ = make_videos(opts)
-    frames = np.concatenate([np.asarray(v.frames) for v in videos])
-    labels = torch.from_numpy(np.concatenate([v.phases for v in videos]))
+    frames, labels = pretraining_frames(options, looks, videos_per_look)
     cnn = create_backbone(backbone)
-    head = torch.nn.Linear(feature_dim(cnn), options.num_phases)
+    head = torch.nn.Linear(feature_dim(cnn), looks * options.num_phases)
     optimizer = torch.optim.AdamW([*cnn.parameters(), *head.parameters()], lr=lr)
     rng = np.random.default_rng(seed)
     cnn.train()

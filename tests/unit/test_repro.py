@@ -111,3 +111,16 @@ def test_cheat_gap_on_videos_whose_length_leaves_a_single_frame():
     batch, running = cheat_gap_records(model, videos[:1], task, seq_len, torch.device("cpu"),
                                        resolve_default(torch.device("cpu")), False)
     assert len(batch) == len(running) == 1
+
+
+def test_pretraining_sees_several_looks_and_no_study_video(tmp_path):
+    from pitfalls.models.backbone import create_backbone
+    from pitfalls.repro_pretrain import pretrain_backbone, pretraining_frames
+
+    opts = SyntheticOptions(num_videos=3, val_videos=1, frame_size=16)
+    frames, labels = pretraining_frames(opts, looks=2, videos_per_look=2)
+    assert set(labels.tolist()) == set(range(2 * opts.num_phases))
+    study_frames = np.concatenate([np.asarray(v.frames) for v in sum(make_videos(opts), [])])
+    assert not any(np.array_equal(f, study_frames[0]) for f in frames)
+    out = pretrain_backbone(tmp_path / "w.pt", "test_resnet", opts, looks=2, videos_per_look=2, steps=2)
+    create_backbone("test_resnet", str(out))  # loads as the study's `model.weights`
