@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
     repro = sub.add_parser("reproduce", help="the papers' findings F1-F4 on synthetic video: three "
                                              "small studies and a significance test per finding "
-                                             "(about 25 min on 2 CPU cores)")
+                                             "(about 15 min on 2 CPU cores)")
     repro.add_argument("--out", default="runs/reproduction",
                        help="where the studies and reproduction.md go (default: runs/reproduction); "
                             "run again with the same --out to continue an interrupted run")
