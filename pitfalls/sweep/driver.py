@@ -307,7 +307,14 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         _trial_resources(spec, capacity))
         tune_dir = f"{storage.root}/{TUNE_DIR}"
-        if restore and tune.Tuner.can_restore(tune_dir, storage_filesystem=storage.fs):
+        recorder.setup()
+        done = {t for t, r in recorder.rows.items() if r["status"] == "completed"}
+        if restore and len(done) == spec.num_trials:
+            print("every trial had already finished; nothing left to run", file=out)
+        elif restore and tune.Tuner.can_restore(tune_dir, storage_filesystem=storage.fs):
+            from pitfalls.sweep.storage import release_finished_trials
+
+            release_finished_trials(storage.fs, tune_dir, done)
             if spec.searcher.type == "optuna":
                 from pitfalls.sweep.space import optuna_storage_url
 
@@ -316,6 +323,7 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
             tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True,
                                        resume_errored=True, param_space=param_space(spec),
                                        storage_filesystem=storage.fs)
+            tuner.fit()
         else:
             ft = spec.fault_tolerance
             tuner = tune.Tuner(
@@ -336,7 +344,7 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
                     failure_config=tune.FailureConfig(max_failures=ft.trial_retries),
                 ),
             )
-        tuner.fit()
+            tuner.fit()
     finally:
         _flush_pending(study_run.tracking_uri, study_dir, out)
         recorder.setup()  # what every session recorded (a restored Tuner has its own copy)

@@ -331,3 +331,29 @@ def tune_state_problem(fs: pafs.FileSystem, tune_dir: str, trials_recorded: bool
         except Exception as e:  # noqa: BLE001 - any failure means Tune would start over
             return f"{tune_dir}/{searcher[-1]} is unreadable ({type(e).__name__}: {e})"
     return None
+
+
+def release_finished_trials(fs: pafs.FileSystem, tune_dir: str, finished: set[str]) -> list[str]:
+    """Drop trials that already finished from the grid searcher's live set; return them.
+
+    Tune writes the searcher's state and the experiment state one after the other; a driver
+    killed between the two leaves a searcher whose live set still holds trials the experiment
+    records as finished. Tune never reports those trials complete again, so with
+    `max_concurrent_trials` reached the searcher hands out no further trial and the resumed
+    study waits forever (Ray's BasicVariantGenerator; seen in CI)."""
+    import ray.cloudpickle as cloudpickle
+
+    released: list[str] = []
+    files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(tune_dir, allow_not_found=True))
+                   if f.type == pafs.FileType.File and f.base_name.startswith("basic-variant-state-"))
+    for path in files:
+        with fs.open_input_stream(path) as f:
+            state = cloudpickle.loads(f.read())
+        live = set(state.get("_live_trials", ()))
+        stale = live & finished
+        if stale:
+            state["_live_trials"] = live - stale
+            with fs.open_output_stream(path) as f:  # the atomic file system: whole or not at all
+                f.write(cloudpickle.dumps(state))
+            released += sorted(stale)
+    return released

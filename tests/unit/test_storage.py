@@ -178,3 +178,24 @@ def test_a_missing_bucket_is_refused_before_anything_starts(s3_server, tmp_path,
     with pytest.raises(StudySetupError, match="bucket 'no-such-bucket' does not exist"):
         run_study(spec, study_storage(uri, "nobucket"), tracking_uri="sqlite:///unused.db")
     assert not (tmp_path / "studies").exists()
+
+
+def test_a_restored_grid_searcher_releases_trials_that_already_finished(tmp_path):
+    """Killed between Tune's searcher and experiment snapshots, the searcher's live set still held
+    finished trials, so it handed out no further trial and the resumed study waited forever."""
+    import ray.cloudpickle as cloudpickle
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from pitfalls.sweep.storage import atomic_local_fs, release_finished_trials
+
+    searcher = BasicVariantGenerator(max_concurrent=2)
+    searcher._live_trials = {"t0", "t1"}  # as saved while both ran
+    searcher.save_to_dir(str(tmp_path), "2026-11-22_09-00-00")
+    fs = atomic_local_fs()
+    assert release_finished_trials(fs, str(tmp_path), {"t0", "t9"}) == ["t0"]
+    restored = BasicVariantGenerator()
+    restored.restore_from_dir(str(tmp_path))
+    assert restored._live_trials == {"t1"}
+    assert release_finished_trials(fs, str(tmp_path), {"t0"}) == []  # nothing left to release
+    state = cloudpickle.loads(next(tmp_path.glob("basic-variant-state-*.json")).read_bytes())
+    assert state["_live_trials"] == {"t1"}
