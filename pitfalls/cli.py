@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "file per study)")
     repro.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
     repro.add_argument("--seeds", type=int, nargs="+", default=None,
-                       help="seeds instead of the studies' 0..4 (fewer seeds: weaker tests)")
+                       help="seeds instead of the studies' 0..9 (fewer seeds: weaker tests)")
     repro.add_argument("--steps-per-epoch", type=int, default=None,
                        help="training steps per epoch instead of the studies' 150 (a smoke run)")
     repro.set_defaults(func=_reproduce)

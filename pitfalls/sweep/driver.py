@@ -307,8 +307,10 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         _trial_resources(spec, capacity))
         tune_dir = f"{storage.root}/{TUNE_DIR}"
-        recorder.setup()
-        done = {t for t, r in recorder.rows.items() if r["status"] == "completed"}
+        done: set[str] = set()
+        if restore:  # what earlier sessions recorded as finished
+            recorder.setup()
+            done = {t for t, r in recorder.rows.items() if r["status"] == "completed"}
         if restore and len(done) == spec.num_trials:
             print("every trial had already finished; nothing left to run", file=out)
         elif restore and tune.Tuner.can_restore(tune_dir, storage_filesystem=storage.fs):
