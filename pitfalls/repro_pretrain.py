@@ -23,8 +23,9 @@ def pretraining_frames(options: SyntheticOptions, looks: int, videos_per_look: i
     """Frames and labels (phase + look x phases) of `looks` generator seeds from seed + 1000 on."""
     frames, labels = [], []
     for k in range(looks):
+        # generic looks: the task's own structure (shared_looks) is not part of "ImageNet"
         opts = dataclasses.replace(options, seed=options.seed + 1000 + k, val_videos=0,
-                                   num_videos=videos_per_look)
+                                   num_videos=videos_per_look, shared_looks=())
         videos, _ = make_videos(opts)
         frames.append(np.concatenate([np.asarray(v.frames) for v in videos]))
         labels.append(np.concatenate([v.phases + k * options.num_phases for v in videos]))

@@ -6,6 +6,9 @@ tinted by a phase colour), drifts over time (motion), carries a per-video bright
 offset (videos differ like patients and cameras do, which is what makes single-video BN batches
 leak video identity), shows a blob per present instrument, and has pixel noise. Neighbouring
 phases share part of their look, so single frames are ambiguous and temporal context helps.
+`shared_looks` goes further (off by default): a later phase rendered exactly like an earlier one
+(pattern, colour and instrument rates), as when a surgeon returns to an earlier kind of activity;
+only what happened in between tells them apart, which takes context longer than a phase.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ class SyntheticOptions:
     noise: float = 0.35
     video_shift: float = 1.0  # spread of the per-video gain/offset (camera, patient, lighting)
     tool_size: float = 0.1  # std of an instrument's blob, in half frame widths (0.3: ~a quarter of the frame)
+    # (phase, like) pairs, phases numbered from 1 as named (phase1, ...): `phase` is rendered with
+    # the look and instrument rates of the earlier phase `like` ([[4, 2]]: phase 4 looks like 2)
+    shared_looks: tuple[tuple[int, int], ...] = ()
     seed: int = 0
 
 
@@ -53,14 +59,24 @@ def _phase_looks(opts: SyntheticOptions) -> tuple[np.ndarray, np.ndarray, np.nda
     return angles, freqs, colours
 
 
-def _tool_presence(durations: np.ndarray, num_tools: int, rng: np.random.Generator) -> np.ndarray:
-    """Per phase, each tool appears in one random interval with a phase-dependent probability."""
+def look_of_phase(opts: SyntheticOptions) -> np.ndarray:
+    """Per phase (0-based), the phase whose look and instrument rates it is rendered with."""
+    looks = np.arange(opts.num_phases)
+    for phase, like in opts.shared_looks:
+        looks[phase - 1] = like - 1
+    return looks
+
+
+def _tool_presence(durations: np.ndarray, looks: np.ndarray, num_tools: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Per phase, each tool appears in one random interval with a probability set by the phase's
+    look."""
     total = int(durations.sum())
     tools = np.zeros((total, num_tools), dtype=np.uint8)
     start = 0
     for p, d in enumerate(durations):
         for k in range(num_tools):
-            if rng.random() < 0.15 + 0.7 * ((p + k) % 3 == 0):
+            if rng.random() < 0.15 + 0.7 * ((looks[p] + k) % 3 == 0):
                 a = int(rng.integers(0, d))
                 b = int(rng.integers(a + 1, d + 1))
                 tools[start + a:start + b, k] = 1
@@ -74,17 +90,18 @@ def make_video(opts: SyntheticOptions, index: int) -> Video:
     angles, freqs, colours = _phase_looks(opts)
     rng = np.random.default_rng([opts.seed, 2, index])
     phases = np.repeat(np.arange(opts.num_phases), durations).astype(np.int64)
+    look = look_of_phase(opts)[phases]  # what each frame looks like (its phase unless shared)
     t = np.arange(len(phases), dtype=np.float32)
-    tools = _tool_presence(durations, opts.num_tools, rng)
+    tools = _tool_presence(durations, look_of_phase(opts), opts.num_tools, rng)
 
     s = opts.frame_size
     yy, xx = np.meshgrid(np.linspace(-1, 1, s, dtype=np.float32),
                          np.linspace(-1, 1, s, dtype=np.float32), indexing="ij")
-    ang = angles[phases][:, None, None]
+    ang = angles[look][:, None, None]
     proj = np.cos(ang) * xx + np.sin(ang) * yy
     drift = 0.15 * t[:, None, None]  # motion: the pattern drifts frame to frame
-    grating = 0.5 + 0.5 * np.sin(2 * np.pi * freqs[phases][:, None, None] * proj + drift)
-    img = grating[..., None] * colours[phases][:, None, None, :]
+    grating = 0.5 + 0.5 * np.sin(2 * np.pi * freqs[look][:, None, None] * proj + drift)
+    img = grating[..., None] * colours[look][:, None, None, :]
 
     for k in range(opts.num_tools):  # one moving blob per present instrument
         cx = 0.6 * np.cos(2 * np.pi * k / max(opts.num_tools, 1) + 0.05 * t)

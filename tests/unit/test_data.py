@@ -32,6 +32,25 @@ def test_appearance_depends_on_phase():
     assert spread[np.triu_indices(5, 1)].min() > 1.0
 
 
+def test_shared_look_renders_a_later_phase_like_an_earlier_one_and_changes_nothing_else():
+    """With noise, camera shift and tools off a frame is grating x colour, so its channel
+    proportions are its look's colour: phase 4 then matches phase 2 and no other phase."""
+    base = dict(num_videos=3, val_videos=1, noise=0.0, video_shift=0.0, num_tools=0)
+    plain = sum(make_videos(SyntheticOptions(**base)), [])
+    shared = sum(make_videos(SyntheticOptions(**base, shared_looks=((4, 2),))), [])
+
+    def hue(v, p):
+        rgb = v.frames[v.phases == p].reshape(-1, 3).astype(float).sum(0)
+        return rgb / rgb.sum()
+
+    for a, b in zip(plain, shared):
+        assert np.array_equal(a.phases, b.phases)
+        assert np.array_equal(a.frames[a.phases != 3], b.frames[b.phases != 3])
+        assert not np.array_equal(a.frames[a.phases == 3], b.frames[b.phases == 3])
+        assert np.abs(hue(b, 3) - hue(b, 1)).max() < 0.01  # phase 4 (index 3) looks like 2
+        assert min(np.abs(hue(b, 3) - hue(b, p)).max() for p in (0, 2, 4)) > 0.02
+
+
 def test_sampler_draws_distinct_videos_and_in_bounds_sequences():
     lengths = [10, 12, 8, 30, 9]
     sampler = SequenceSampler(lengths, seq_len=8, videos_per_batch=3, rng=np.random.default_rng(0))
