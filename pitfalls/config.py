@@ -12,7 +12,7 @@ checks that need the backbone's structure import timm lazily.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -307,6 +307,8 @@ def _plain(d: dict) -> dict:
             continue
         if k == "split" and isinstance(v, tuple):
             v = {name: list(ids) for name, ids in v}
+        elif k == "shared_looks":
+            v = [list(pair) for pair in v]
         elif isinstance(v, tuple):
             v = list(v)
         out[k] = v
@@ -444,11 +446,14 @@ def _parse_dataset(raw: Any, p: _Problems) -> DatasetSpec:
 
 
 def _parse_synthetic(opts: dict, p: _Problems) -> SyntheticOptions:
+    opts = dict(opts)
+    shared = opts.pop("shared_looks", [])
     options = _dataclass_from(
         SyntheticOptions, opts, "dataset.options", p,
         minimums={"num_videos": 2, "val_videos": 1, "num_phases": 2, "num_tools": 0,
                   "min_phase_frames": 1, "max_phase_frames": 1, "frame_size": 16, "noise": 0.0},
     )
+    options = replace(options, shared_looks=_parse_shared_looks(shared, options.num_phases, p))
     if options.max_phase_frames < options.min_phase_frames:
         p.add("dataset.options.max_phase_frames", options.max_phase_frames,
               f"must be >= min_phase_frames ({options.min_phase_frames})")
@@ -456,6 +461,32 @@ def _parse_synthetic(opts: dict, p: _Problems) -> SyntheticOptions:
         p.add("dataset.options.val_videos", options.val_videos,
               f"must leave at least one training video (num_videos is {options.num_videos})")
     return options
+
+
+def _parse_shared_looks(raw: Any, num_phases: int, p: _Problems) -> tuple[tuple[int, int], ...]:
+    """[[phase, like], ...]: each a later phase rendered like an earlier, unshared one."""
+    path = "dataset.options.shared_looks"
+    if not isinstance(raw, list):
+        p.add(path, raw, "must be a list of [phase, like] pairs, e.g. [[4, 2]]")
+        return ()
+    pairs: list[tuple[int, int]] = []
+    for i, pair in enumerate(raw):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in pair)):
+            p.add(f"{path}[{i}]", pair, "must be a pair of phase numbers [phase, like]")
+        elif not 1 <= pair[1] < pair[0] <= num_phases:
+            p.add(f"{path}[{i}]", pair, f"must name a phase and an earlier phase it looks like, "
+                  f"both in 1..{num_phases} (num_phases)")
+        else:
+            pairs.append((pair[0], pair[1]))
+    shared = [a for a, _ in pairs]
+    for i, (a, b) in enumerate(pairs):
+        if shared.count(a) > 1:
+            p.add(f"{path}[{i}]", [a, b], f"phase {a} is given more than one look")
+        elif b in shared:
+            p.add(f"{path}[{i}]", [a, b], f"phase {b} is itself rendered like another phase; "
+                  "name the original one")
+    return tuple(pairs)
 
 
 def _parse_real_dataset(name: str, opts: dict, p: _Problems) -> Cholec80Options | FramesOptions:

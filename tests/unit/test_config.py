@@ -121,6 +121,28 @@ def test_resolved_study_round_trips(tmp_path):
     assert again == spec
 
 
+def _with_shared_looks(shared) -> dict:
+    study = tiny_study()
+    study["dataset"] = {**study["dataset"], "options": {**study["dataset"].get("options", {}),
+                                                       "shared_looks": shared}}
+    return study
+
+
+def test_shared_looks_parse_round_trip_and_bad_pairs_are_named():
+    spec = parse_study(_with_shared_looks([[4, 2]]))
+    assert spec.dataset.options.shared_looks == ((4, 2),)
+    text = yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    assert parse_study(yaml.safe_load(text), check_environment=False) == spec
+    with pytest.raises(StudyError) as err:
+        parse_study(_with_shared_looks([[2, 4], [9, 1], [3], [5, 3], [3, 1]]))
+    text = str(err.value)
+    for fragment in ("shared_looks[0]: [2, 4]", "shared_looks[1]: [9, 1]", "shared_looks[2]: [3]",
+                     "phase 3 is itself rendered like another phase"):
+        assert fragment in text
+    with pytest.raises(StudyError, match="shared_looks: 'x'.*list of \\[phase, like\\] pairs"):
+        parse_study(_with_shared_looks("x"))
+
+
 def test_search_space_reference_resolves_next_to_study(tmp_path):
     (tmp_path / "search_spaces").mkdir()
     raw = tiny_study()
