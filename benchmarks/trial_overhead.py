@@ -145,6 +145,8 @@ def plain_runs(spec) -> dict[int, dict]:
 
     torch.set_num_threads(1)
     factors = {k: v[0] for k, v in spec.search_space.factors}
+    for name in spec.search_space.linked:  # a linked factor's first level: its parameters
+        factors.update(factors.pop(name))
     out = {}
     for seed in spec.seeds:
         params = TrialParams.from_dict({**NUISANCE_FALLBACKS, **factors, "seed": seed})

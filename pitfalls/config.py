@@ -220,8 +220,18 @@ class Distribution:
     default: Any = None
 
 
+def level_label(level: Mapping[str, Any]) -> str:
+    """A linked factor's level as one value: `videos_per_batch=1, seq_len=64`. Tune and Optuna
+    see this label (a categorical choice must be a plain value); trials get the parameters."""
+    return ", ".join(f"{k}={v}" for k, v in level.items())
+
+
 @dataclass(frozen=True)
 class SearchSpace:
+    """Factors in study order. A plain factor is a trial parameter with its levels; a linked
+    factor has its own name and levels that are mappings, each setting several parameters
+    together (e.g. `batch_shape: [{videos_per_batch: 1, seq_len: 64}, ...]`)."""
+
     name: str
     factors: tuple[tuple[str, tuple], ...]  # ordered (name, levels)
     nuisance: tuple[tuple[str, Distribution], ...]
@@ -234,6 +244,55 @@ class SearchSpace:
     def varied_factors(self) -> list[str]:
         """Factors with more than one level: the columns of a comparison table."""
         return [n for n, levels in self.factors if len(levels) > 1]
+
+    @property
+    def linked(self) -> dict[str, tuple[str, ...]]:
+        """Linked factors: name -> the trial parameters each of its levels sets."""
+        return {n: tuple(levels[0]) for n, levels in self.factors
+                if n not in TRIAL_PARAMS and levels and isinstance(levels[0], dict)}
+
+    @property
+    def varied_params(self) -> list[str]:
+        """The trial parameters that vary, a linked factor's in its place (run names, progress)."""
+        linked = self.linked
+        return [q for n in self.varied_factors for q in linked.get(n, (n,))]
+
+    def param_levels(self, param: str) -> list[tuple[str, Any]]:
+        """Every value trial parameter `param` takes from a plain or a linked factor, with its
+        field under `search_space.factors` (`seq_len[1]`, `batch_shape[0].seq_len`)."""
+        out = []
+        for n, levels in self.factors:
+            if n == param:
+                out += [(f"{n}[{i}]", v) for i, v in enumerate(levels)]
+            elif param in self.linked.get(n, ()):
+                out += [(f"{n}[{i}].{param}", level[param]) for i, level in enumerate(levels)]
+        return out
+
+    def param_values(self) -> dict[str, tuple]:
+        """Per swept trial parameter, the distinct values it takes (plain or linked)."""
+        out: dict[str, list] = {}
+        for n, levels in self.factors:
+            for param in self.linked.get(n, (n,)):
+                values = out.setdefault(param, [])
+                for level in levels:
+                    v = level[param] if n in self.linked else level
+                    if not any(v == w and type(v) is type(w) for w in values):
+                        values.append(v)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def expand(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A Tune config -> the flat trial parameters: each linked factor's label is replaced by
+        the parameters its level sets."""
+        out = dict(config)
+        for n in self.linked:
+            if n in out:
+                label = out.pop(n)
+                levels = {level_label(level): level for level in self.factor_dict[n]}
+                if label not in levels:
+                    raise KeyError(f"{n}: {label!r} is not one of its levels; "
+                                   f"{_choices(levels)}")
+                out.update(levels[label])
+        return out
 
 
 @dataclass(frozen=True)
@@ -289,7 +348,8 @@ class StudySpec:
             "metric": asdict(self.metric),
             "search_space": {
                 "name": self.search_space.name,
-                "factors": {n: list(v) for n, v in self.search_space.factors},
+                "factors": {n: [dict(x) if isinstance(x, dict) else x for x in v]
+                            for n, v in self.search_space.factors},
                 "nuisance": {
                     n: {k: (list(v) if isinstance(v, tuple) else v)
                         for k, v in asdict(dist).items() if v not in (None, ())}
@@ -348,7 +408,7 @@ PARAM_DEFAULTS = {"carry_hidden": False, "precise_bn": False}  # optional factor
 def precise_bn_batches(cfg: "TrialConfig") -> int:
     """Batches PreciseBN recomputes BN statistics over before each evaluation (0: the EMA)."""
     batches = cfg.study.evaluation.precise_bn_batches
-    if "precise_bn" in dict(cfg.study.search_space.factors):
+    if "precise_bn" in cfg.study.search_space.param_values():
         return batches if cfg.params.precise_bn else 0
     return batches
 
@@ -698,28 +758,79 @@ def _check_level(name: str, value: Any, path: str, p: _Problems) -> bool:
     return True
 
 
+def _parse_linked_levels(levels: list[dict], path: str,
+                         p: _Problems) -> tuple[list[dict], tuple[str, ...]]:
+    """A linked factor's good levels and the parameters they set (none if the first level does
+    not name >= 2 trial parameters). Each level sets the same parameters, every value checked as
+    a plain factor's level; levels distinct. Keys in the first level's order."""
+    params = tuple(levels[0])
+    good: list[dict] = []
+    if len(params) < 2:
+        p.add(f"{path}[0]", levels[0], "must set at least two parameters (one parameter is a "
+              "plain factor)")
+        return good, ()
+    unknown = [q for q in params if q not in TRIAL_PARAMS]
+    for q in unknown:
+        p.add(f"{path}[0].{q}", q, f"is not an ablatable parameter; {_choices(TRIAL_PARAMS)}")
+    if unknown:
+        return good, ()
+    seen: set[str] = set()
+    for i, level in enumerate(levels):
+        lpath = f"{path}[{i}]"
+        if set(level) != set(params):
+            p.add(lpath, level, f"must set the same parameters as every level: {', '.join(params)}")
+            continue
+        ok = all([_check_level(q, level[q], f"{lpath}.{q}", p) for q in params])
+        key = repr([level[q] for q in params])
+        if key in seen:
+            p.add(lpath, level, "repeats an earlier level")
+            ok = False
+        seen.add(key)
+        if ok:
+            good.append({q: level[q] for q in params})
+    return good, params
+
+
 def parse_search_space(raw: Any, name: str, p: _Problems, path: str = "search_space") -> SearchSpace:
     raw = _mapping(raw, path, p)
     _unknown_keys(raw, ["name", "factors", "nuisance", "description"], path, p)
     factors_raw = _mapping(raw.get("factors"), f"{path}.factors", p)
     nuisance_raw = _mapping(raw.get("nuisance"), f"{path}.nuisance", p)
     factors: list[tuple[str, tuple]] = []
+    swept: dict[str, str] = {}  # trial parameter -> the factor that sets it
     for fname, levels in factors_raw.items():
         fpath = f"{path}.factors.{fname}"
-        if fname not in TRIAL_PARAMS:
-            p.add(fpath, fname, f"is not an ablatable parameter; {_choices(TRIAL_PARAMS)}")
+        linked = (isinstance(levels, list) and bool(levels)
+                  and all(isinstance(v, dict) for v in levels))
+        if fname in TRIAL_PARAMS and linked:
+            p.add(fpath, fname, "names a trial parameter; a linked factor (levels that are "
+                  f"mappings) needs a name of its own, not one of: {', '.join(TRIAL_PARAMS)}")
+            swept.setdefault(fname, fname)
+            continue
+        if fname not in TRIAL_PARAMS and not linked:
+            p.add(fpath, fname, f"is not an ablatable parameter; {_choices(TRIAL_PARAMS)} "
+                  "(or a linked factor: a list of mappings, each setting several of them)")
             continue
         if not isinstance(levels, list) or not levels:
             p.add(fpath, levels, "must be a non-empty list of levels")
             continue
-        if len(set(map(repr, levels))) != len(levels):
-            p.add(fpath, levels, "has repeated levels")
-        good = [v for i, v in enumerate(levels) if _check_level(fname, v, f"{fpath}[{i}]", p)]
+        if linked:
+            good, params = _parse_linked_levels(levels, fpath, p)
+        else:
+            if len(set(map(repr, levels))) != len(levels):
+                p.add(fpath, levels, "has repeated levels")
+            good = [v for i, v in enumerate(levels) if _check_level(fname, v, f"{fpath}[{i}]", p)]
+            params = (fname,)
+        for param in params:
+            if param in swept:
+                p.add(fpath, param, f"is also set by factor {swept[param]}; a parameter belongs "
+                      "to one factor")
+            swept.setdefault(param, fname)
         factors.append((fname, tuple(good)))
     for core in CORE_FACTORS:
-        if core not in factors_raw:
+        if core not in swept:
             p.add(f"{path}.factors", core, "is missing: every study states its levels of "
-                  + ", ".join(CORE_FACTORS) + " (one level is fine)")
+                  + ", ".join(CORE_FACTORS) + " (one level is fine; a linked factor may set them)")
     nuisance: list[tuple[str, Distribution]] = []
     for nname, spec in nuisance_raw.items():
         npath = f"{path}.nuisance.{nname}"
@@ -727,7 +838,7 @@ def parse_search_space(raw: Any, name: str, p: _Problems, path: str = "search_sp
             allowed = [k for k in TRIAL_PARAMS if k not in CORE_FACTORS + OPTIONAL_FACTORS]
             p.add(npath, nname, f"is not a nuisance parameter; {_choices(allowed)}")
             continue
-        if nname in factors_raw:
+        if nname in swept:
             p.add(npath, nname, "is also listed as a factor; a parameter is either ablated or sampled")
             continue
         dist = _parse_distribution(nname, spec, npath, p)
@@ -805,14 +916,13 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
             p.add("search_space", None, "is required: a search space name from search_spaces/ or a mapping")
 
     k = performance.grad_accumulation
-    for factor, values in space.factors:
-        for i, v in enumerate(values if factor == "videos_per_batch" and k > 1 else ()):
-            if isinstance(v, int) and v % resources.workers == 0 and v % (resources.workers * k):
-                p.add(f"search_space.factors.videos_per_batch[{i}]", v,
-                      f"must be divisible by resources.workers x performance.grad_accumulation "
-                      f"({resources.workers} x {k}): each micro-batch takes an equal share of "
-                      "a worker's sequences")
-    if True in dict(space.factors).get("precise_bn", ()) and isinstance(
+    for where, v in space.param_levels("videos_per_batch") if k > 1 else ():
+        if isinstance(v, int) and v % resources.workers == 0 and v % (resources.workers * k):
+            p.add(f"search_space.factors.{where}", v,
+                  f"must be divisible by resources.workers x performance.grad_accumulation "
+                  f"({resources.workers} x {k}): each micro-batch takes an equal share of "
+                  "a worker's sequences")
+    if True in space.param_values().get("precise_bn", ()) and isinstance(
             evaluation.precise_bn_batches, int) and evaluation.precise_bn_batches < 1:
         p.add("evaluation.precise_bn_batches", evaluation.precise_bn_batches,
               "must be >= 1 when precise_bn is a factor: the batches PreciseBN recomputes the BN "
@@ -872,44 +982,44 @@ def _check_against_data_and_model(spec: StudySpec, p: _Problems, check_data: boo
     """Checks that need the data's shape or the backbone's structure (imports timm lazily)."""
     from pitfalls.models.backbone import backbone_info
 
-    factors = spec.search_space.factor_dict
+    space = spec.search_space
     info = backbone_info(spec.model.backbone)
     if info.error:
         p.add("model.backbone", spec.model.backbone, info.error)
     else:
-        for i, norm in enumerate(factors.get("norm", ())):
+        for where, norm in space.param_levels("norm"):
             if norm not in info.norms:
-                p.add(f"search_space.factors.norm[{i}]", norm,
+                p.add(f"search_space.factors.{where}", norm,
                       f"is not supported for {info.family} backbones ({spec.model.backbone}); "
                       f"supported: {', '.join(info.norms)}")
-        for i, k in enumerate(factors.get("frozen_stages", ())):
+        for where, k in space.param_levels("frozen_stages"):
             if k > info.num_stages:
-                p.add(f"search_space.factors.frozen_stages[{i}]", k,
+                p.add(f"search_space.factors.{where}", k,
                       f"is beyond {spec.model.backbone}'s {info.num_stages} stages; "
                       f"valid: 0..{info.num_stages}")
     train_lengths = _check_data(spec, p) if check_data else None
     if train_lengths is None:
         return
     shortest = min(train_lengths)
-    for i, t in enumerate(factors.get("seq_len", ())):
+    for where, t in space.param_levels("seq_len"):
         if t > shortest:
-            p.add(f"search_space.factors.seq_len[{i}]", t,
+            p.add(f"search_space.factors.{where}", t,
                   f"is longer than the shortest training video ({shortest} frames); valid: 1..{shortest}")
-    for i, v in enumerate(factors.get("videos_per_batch", ())):
+    for where, v in space.param_levels("videos_per_batch"):
         if v > len(train_lengths):
-            p.add(f"search_space.factors.videos_per_batch[{i}]", v,
+            p.add(f"search_space.factors.{where}", v,
                   f"exceeds the {len(train_lengths)} training videos (sequences in a batch come "
                   f"from distinct videos); valid: 1..{len(train_lengths)}")
     if spec.resources.workers > 1 and not spec.resources.gpus_per_worker:
-        for i, norm in enumerate(factors.get("norm", ())):
+        for where, norm in space.param_levels("norm"):
             if norm == "sync_batch":
-                p.add(f"search_space.factors.norm[{i}]", norm,
+                p.add(f"search_space.factors.{where}", norm,
                       "synchronizes BN across DDP workers on GPUs only (torch's SyncBatchNorm); "
                       "set resources.gpus_per_worker, or use one worker (then it is plain BN)")
     if spec.resources.workers > 1:
-        for i, v in enumerate(factors.get("videos_per_batch", ())):
+        for where, v in space.param_levels("videos_per_batch"):
             if v % spec.resources.workers:
-                p.add(f"search_space.factors.videos_per_batch[{i}]", v,
+                p.add(f"search_space.factors.{where}", v,
                       f"must be divisible by resources.workers ({spec.resources.workers}): "
                       "each DDP worker takes an equal share of the batch's videos")
 

@@ -6,8 +6,8 @@ step: peak training memory and step time are measured at both and extended linea
 frames per step (everything that grows with a step's frames, activations and their gradients,
 grows linearly in them; weights, gradients and AdamW's moments do not). From that line:
 each configuration's peak memory and whether it fits `--gpu-memory`, the compute per trial
-(epochs x steps x step time, plus evaluation of the validation frames when the data is here) and
-in total, and per frozen depth the longest sequence that fits.
+(epochs x steps x step time, plus PreciseBN's extra forward passes for BN models that use it and
+the evaluation of the validation frames when the data is here) and in total, and per frozen depth the longest sequence that fits.
 
 Peak memory is what the framework allocates (torch's allocator on CUDA; on a CPU, the
 allocations torch's profiler records per op), not what the process holds.
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from pitfalls.config import StudySpec
+from pitfalls.models.precise_bn import batch_stat_layers
 from pitfalls.models.video_model import build_model
 from pitfalls.train.fast import FastPath, Stepper, prepare_model, resolve
 from pitfalls.train.loop import to_input
@@ -53,6 +54,7 @@ class ShapeCost:
     fixed_s: float
     s_per_frame: float
     eval_s_per_frame: float
+    batch_stats: bool = False  # has BN layers PreciseBN recomputes (train-mode batch statistics)
 
     def peak_bytes(self, frames: int) -> float:
         return max(self.knee_bytes, self.fixed_bytes + self.bytes_per_frame * frames)
@@ -120,14 +122,17 @@ def num_outputs(spec: StudySpec) -> int:
 
 
 def configurations(spec: StudySpec) -> list[dict]:
-    """Every distinct combination of the factors (seeds and nuisance values cost the same)."""
+    """Every distinct combination of the factors (seeds and nuisance values cost the same), as
+    trial parameters: a linked factor's level sets its parameters together."""
     from pitfalls.config import PARAM_DEFAULTS
 
-    factors = dict(spec.search_space.factors)
-    for name, default in PARAM_DEFAULTS.items():
-        factors.setdefault(name, (default,))
-    names = list(factors)
-    return [dict(zip(names, values)) for values in itertools.product(*(factors[n] for n in names))]
+    space = spec.search_space
+    linked = space.linked
+    axes = [[level if name in linked else {name: level} for level in levels]
+            for name, levels in space.factors]
+    defaults = {k: v for k, v in PARAM_DEFAULTS.items() if k not in space.param_values()}
+    return [{k: v for part in parts for k, v in part.items()} | defaults
+            for parts in itertools.product(*axes)]
 
 
 @contextlib.contextmanager
@@ -314,7 +319,19 @@ def measure_shape(spec: StudySpec, norm: str, frozen: int, device: torch.device,
     evals = trainer.seconds(lo, evaluate=True, budget_s=0.0) / lo
     # measured on smaller frames: what grows with a frame grows with its pixels
     return ShapeCost(norm, frozen, a, flat, fixed, per_frame * scale, fixed_s,
-                     s_per_frame * scale, evals * scale)
+                     s_per_frame * scale, evals * scale, bool(batch_stat_layers(trainer.model)))
+
+
+def precise_bn_s(spec: StudySpec, config: dict, cost: ShapeCost) -> float:
+    """PreciseBN's forward passes per epoch (`evaluation.precise_bn_batches` training batches of
+    this worker's share, no gradients), costed as evaluation frames: 0 without BN layers, or
+    when `precise_bn` is a factor and this configuration uses the EMA statistics."""
+    batches = spec.evaluation.precise_bn_batches
+    if not cost.batch_stats or ("precise_bn" in spec.search_space.param_values()
+                                and not config.get("precise_bn")):
+        return 0.0
+    frames = max(config["videos_per_batch"] // spec.resources.workers, 1) * config["seq_len"]
+    return batches * frames * cost.eval_s_per_frame
 
 
 def _val_frames(spec: StudySpec) -> int | None:
@@ -376,7 +393,8 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
         frames = frames_in_memory(c)
         step_s = k * cost.step_s(frames)
         eval_s = cost.eval_s_per_frame * plan.val_frames if plan.val_frames else 0.0
-        trial_s = budget_spec.epochs * (budget_spec.steps_per_epoch * step_s + eval_s)
+        trial_s = budget_spec.epochs * (budget_spec.steps_per_epoch * step_s + eval_s
+                                        + precise_bn_s(spec, c, cost))
         peak = cost.peak_bytes(frames)
         plan.configs.append(ConfigPlan(c, frames, peak, peak <= budget, step_s, trial_s))
     return plan
@@ -394,7 +412,7 @@ def _duration(s: float) -> str:
 
 def render(plan: StudyPlan) -> str:
     spec = plan.spec
-    varied = [n for n, v in spec.search_space.factors if len(v) > 1] or ["norm"]
+    varied = spec.search_space.varied_params or ["norm"]
     lines = [
         f"plan: {spec.name}: {spec.num_trials} trials ({spec.searcher.type}), "
         f"{len(plan.configs)} configuration(s), {len(plan.shapes)} model shape(s) of "
@@ -417,6 +435,9 @@ def render(plan: StudyPlan) -> str:
     per_trial = plan.total_s / max(spec.num_trials, 1)
     evaluation = (f"evaluation of {plan.val_frames} validation frames per epoch included"
                   if plan.val_frames else "evaluation not included: the data is not on this machine")
+    if spec.evaluation.precise_bn_batches and any(c.batch_stats for c in plan.shapes.values()):
+        evaluation += (f"; PreciseBN's {spec.evaluation.precise_bn_batches} batches per epoch "
+                       "included")
     lines += ["", f"compute on this {plan.device}: {_duration(per_trial)} per trial on average, "
                   f"{_duration(plan.total_s)} for all {spec.num_trials} trials ({evaluation}); "
                   "divide by the trials that run at once"]

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pitfalls.results.report import Analysis, comparison_data
+from pitfalls.results.report import Analysis, comparison_data, with_factor_columns
 
 # Marks the page as rendered: figures loaded (naturalWidth > 0) out of all, and any JS error.
 _CHECK = """<script>
@@ -51,6 +51,14 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _xticks(ax, x, labels: list[str]) -> None:
+    """Tick labels, slanted when long (a linked factor's `videos_per_batch=1, seq_len=64`)."""
+    if max(map(len, labels), default=0) > 10:
+        ax.set_xticks(x, labels, rotation=25, ha="right")
+    else:
+        ax.set_xticks(x, labels)
+
+
 def _figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -67,7 +75,7 @@ def _figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]
         err = [[m["mean"] - m["ci95_low"] if m["ci95_low"] is not None else 0 for m in rows],
                [m["ci95_high"] - m["mean"] if m["ci95_high"] is not None else 0 for m in rows]]
         ax.errorbar(x, means, yerr=err, fmt="o", capsize=4)
-        ax.set_xticks(x, [str(m["level"]) for m in rows])
+        _xticks(ax, x, [str(m["level"]) for m in rows])
         ax.set_title(factor)
         ax.set_ylabel(a.metric)
     fig.suptitle("Marginal effects (mean, 95% t interval)", y=1.04)
@@ -84,7 +92,7 @@ def _figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]
             continue  # nothing completed, or a single cell: no heatmap to draw
         fig, ax = plt.subplots(figsize=(1.2 * len(rb) + 2.5, 0.8 * len(ra) + 1.8))
         im = ax.imshow(grid, cmap="viridis")
-        ax.set_xticks(range(len(rb)), map(str, rb))
+        _xticks(ax, range(len(rb)), [str(b) for b in rb])
         ax.set_yticks(range(len(ra)), map(str, ra))
         ax.set_xlabel(fb)
         ax.set_ylabel(fa)
@@ -121,6 +129,7 @@ REPORT_FILE = "report.html"
 
 
 def render_html(results: pa.Table, a: Analysis, data: dict | None = None) -> str:
+    results = with_factor_columns(results, a)
     data = data or comparison_data(results, a)
     cols = [*a.factors, "n", "mean", "std", "ci95_low", "ci95_high", "failed"]
     parts = [f"<h1>{html.escape(a.name)}: {html.escape(a.metric)} ({a.mode})</h1>",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from pitfalls.config import CORE_FACTORS, OPTIONAL_FACTORS, StudySpec, parse_study
+from pitfalls.config import CORE_FACTORS, OPTIONAL_FACTORS, StudySpec, level_label, parse_study
 from pitfalls.results.stats import (best_configurations, factor_importance, interactions,
                                     marginal_effects, paired_comparisons)
 from pitfalls.results.store import RESULTS_FILE, read_results
@@ -30,6 +30,9 @@ class Analysis:
     # grid studies: every combination of these levels should have `expected` trials (one per seed)
     levels: dict[str, list] | None = None
     expected: int | None = None
+    # linked factors: name -> its levels (mappings parameter -> value); a row's level is derived
+    # from its parameter columns (`with_factor_columns`), labelled `videos_per_batch=1, seq_len=64`
+    linked: dict[str, tuple[dict, ...]] | None = None
 
 
 def load_resolved_study(study_dir: Path) -> StudySpec:
@@ -38,12 +41,30 @@ def load_resolved_study(study_dir: Path) -> StudySpec:
 
 
 def analysis_of_study(spec: StudySpec) -> Analysis:
-    factors = spec.search_space.varied_factors or [n for n, _ in spec.search_space.factors]
+    space = spec.search_space
+    factors = space.varied_factors or [n for n, _ in space.factors]
     grid = spec.searcher.type == "grid"
-    levels = {f: list(spec.search_space.factor_dict[f]) for f in factors}
+    linked = {n: space.factor_dict[n] for n in space.linked if n in factors}
+    levels = {f: [level_label(v) for v in linked[f]] if f in linked else list(space.factor_dict[f])
+              for f in factors}
     return Analysis(spec.name, spec.metric.name, spec.metric.mode, factors,
-                    paired=grid and bool(spec.search_space.varied_factors),
-                    levels=levels if grid else None, expected=len(spec.seeds) if grid else None)
+                    paired=grid and bool(space.varied_factors),
+                    levels=levels if grid else None, expected=len(spec.seeds) if grid else None,
+                    linked=linked or None)
+
+
+def with_factor_columns(results: pa.Table, a: Analysis) -> pa.Table:
+    """Add a column per linked factor: the label of the level a row's parameter columns match
+    (a row that matches none, e.g. from an edited study, is labelled with its own values)."""
+    for name, levels in (a.linked or {}).items():
+        if name in results.column_names:
+            continue
+        params = list(levels[0])
+        labels = {tuple(level[q] for q in params): level_label(level) for level in levels}
+        rows = zip(*(results[q].to_pylist() for q in params)) if results.num_rows else ()
+        column = [labels.get(key) or level_label(dict(zip(params, key))) for key in rows]
+        results = results.append_column(name, pa.array(column, pa.string()))
+    return results
 
 
 def _with_missing(table: pa.Table, a: Analysis) -> pa.Table:
@@ -60,7 +81,12 @@ def _with_missing(table: pa.Table, a: Analysis) -> pa.Table:
             rows.append({**dict(zip(a.factors, combo)), "n": 0, "failed": 0})
     for r in rows:
         r["missing"] = max(a.expected - (r.get("n") or 0) - (r.get("failed") or 0), 0)
-    rows.sort(key=lambda r: tuple(str(r[f]) for f in a.factors))
+
+    def order(f: str, v) -> tuple[int, str]:  # the study's order of levels (8 before 48)
+        levels = a.levels[f]
+        return (levels.index(v), "") if v in levels else (len(levels), str(v))
+
+    rows.sort(key=lambda r: tuple(order(f, r[f]) for f in a.factors))
     return pa.Table.from_pylist(rows)
 
 
@@ -87,12 +113,14 @@ def _analysis(results: pa.Table, a: Analysis, combos: list[dict]) -> dict:
 
 def combinations_table(results: pa.Table, a: Analysis) -> pa.Table:
     """One row per factor combination (with missing counts for grid studies): `--format csv`."""
+    results = with_factor_columns(results, a)
     return _with_missing(comparison_table(results, a.factors, a.metric), a)
 
 
 def comparison_data(results: pa.Table, a: Analysis) -> dict:
     """Every number of the report, machine-readable (`--format json`); computed once and shared
     by the Markdown and HTML renderings."""
+    results = with_factor_columns(results, a)
     combos = combinations_table(results, a).to_pylist()
     return {"study": a.name, "metric": a.metric, "mode": a.mode, "factors": a.factors,
             "combinations": combos, **_analysis(results, a, combos)}

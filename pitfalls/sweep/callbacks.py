@@ -38,14 +38,15 @@ class ConsoleProgress(Callback):
 
     def __init__(self, spec: StudySpec, out: TextIO = sys.stdout):
         self.spec, self.out = spec, out
-        self.keys = [*spec.search_space.varied_factors, "seed"]
+        self.keys = [*spec.search_space.varied_params, "seed"]
         if spec.searcher.type == "optuna":
             self.keys += [n for n, _ in spec.search_space.nuisance]
         self.index: dict[str, int] = {}
 
     def _line(self, trial, status: str, detail: str) -> None:
         k = self.index.setdefault(trial.trial_id, len(self.index) + 1)
-        print(f"[{k:>3}/{self.spec.num_trials}] {trial.trial_id} {_short(trial.config, self.keys)}"
+        config = self.spec.search_space.expand(trial.config)
+        print(f"[{k:>3}/{self.spec.num_trials}] {trial.trial_id} {_short(config, self.keys)}"
               f" | {status:<9} {detail}", file=self.out, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -143,8 +144,9 @@ class ResultsRecorder(Callback):
         self._event(trial, [])
         history = [m for _, m in sorted(self.history.get(tid, {}).items())]
         duration = sum(b - a for (t, _), (a, b) in self.spans.items() if t == tid)
+        params = self.spec.search_space.expand(trial.config)  # a linked level: its parameters
         self.rows[tid] = trial_row(
-            self.spec.name, tid, {k: v for k, v in trial.config.items() if k in PARAM_NAMES},
+            self.spec.name, tid, {k: v for k, v in params.items() if k in PARAM_NAMES},
             history, status=status, error=error, duration_s=duration,
             workers=self.spec.resources.workers)
         write_results(self.path, list(self.rows.values()))

@@ -5,6 +5,9 @@ grid:   every factor is a `tune.grid_search`, crossed with the seeds; nuisance p
 optuna: factors become categorical choices and nuisance parameters their distributions, all
         sampled by Optuna (TPE, random or brute force) with storage in the study directory;
         one seed (the sampler must not tune the seed).
+A linked factor (levels that set several parameters together) is one grid axis or choice over
+its level labels (`videos_per_batch=1, seq_len=64`: Optuna's categorical choices must be plain
+values); `SearchSpace.expand` turns a trial's config back into the flat parameters.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pitfalls.config import NUISANCE_FALLBACKS, Distribution, StudySpec
+from pitfalls.config import NUISANCE_FALLBACKS, Distribution, StudySpec, level_label
 
 
 def _domain(dist: Distribution):
@@ -32,15 +35,18 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
 
     space: dict[str, Any] = dict(NUISANCE_FALLBACKS)
     nuisance = dict(spec.search_space.nuisance)
+    linked = spec.search_space.linked
+    factors = [(name, [level_label(v) for v in levels] if name in linked else list(levels))
+               for name, levels in spec.search_space.factors]
     if spec.searcher.type == "grid":
-        for name, levels in spec.search_space.factors:
-            space[name] = tune.grid_search(list(levels)) if len(levels) > 1 else levels[0]
+        for name, levels in factors:
+            space[name] = tune.grid_search(levels) if len(levels) > 1 else levels[0]
         for name, dist in nuisance.items():
             space[name] = dist.default
         space["seed"] = tune.grid_search(list(spec.seeds)) if len(spec.seeds) > 1 else spec.seeds[0]
     else:
-        for name, levels in spec.search_space.factors:
-            space[name] = tune.choice(list(levels)) if len(levels) > 1 else levels[0]
+        for name, levels in factors:
+            space[name] = tune.choice(levels) if len(levels) > 1 else levels[0]
         for name, dist in nuisance.items():
             space[name] = _domain(dist)
         space["seed"] = spec.seeds[0]

@@ -46,10 +46,12 @@ def run_trial(config: dict, *, ctx: TrialContext) -> None:
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = TrialConfig(ctx.study, TrialParams.from_dict(config))
+    space = ctx.study.search_space
+    cfg = TrialConfig(ctx.study, TrialParams.from_dict(space.expand(config)))
+    labels = {n: config[n] for n in space.linked if n in config}  # a linked level, as one param
     run_id = open_trial_run(ctx.study_run, trial_id,
-                            trial_run_name(trial_id, cfg.params, ctx.study.search_space.varied_factors),
-                            cfg.params.as_dict())
+                            trial_run_name(trial_id, cfg.params, space.varied_params),
+                            {**cfg.params.as_dict(), **labels})
     logger = TrialLogger(ctx.study_run.tracking_uri, run_id, pending_dir(ctx.study_dir))
     try:
         if ctx.study.resources.workers == 1:

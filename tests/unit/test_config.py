@@ -197,3 +197,122 @@ def test_precise_bn_as_a_factor_decides_per_trial_and_needs_batches():
     assert spec.num_trials == 2 * parse_study(tiny_study()).num_trials
     study_level = parse_study(tiny_study(evaluation={"precise_bn_batches": 5}))
     assert precise_bn_batches(TrialConfig(study_level, TrialParams.from_dict(params))) == 5
+
+
+BATCH_SHAPES = [{"videos_per_batch": 1, "seq_len": 4}, {"videos_per_batch": 2, "seq_len": 2}]
+
+
+def _linked(levels=BATCH_SHAPES, **overrides) -> dict:
+    """tiny_study with videos_per_batch and seq_len set together by the linked factor batch_shape."""
+    raw = tiny_study(**overrides)
+    factors = raw["search_space"]["factors"]
+    del factors["seq_len"], factors["videos_per_batch"]
+    factors["batch_shape"] = levels
+    return raw
+
+
+def test_linked_factor_is_one_factor_whose_levels_set_several_parameters():
+    spec = parse_study(_linked(seeds=[0, 1]))
+    space = spec.search_space
+    assert space.linked == {"batch_shape": ("videos_per_batch", "seq_len")}
+    assert space.varied_factors == ["norm", "batch_shape"]
+    assert space.varied_params == ["norm", "videos_per_batch", "seq_len"]
+    assert spec.num_trials == 2 * 2 * 2  # norms x batch shapes x seeds (not 2 x 2 x 2 x 2)
+    assert space.param_values()["seq_len"] == (4, 2)
+    assert space.param_levels("seq_len") == [("batch_shape[0].seq_len", 4),
+                                             ("batch_shape[1].seq_len", 2)]
+    text = yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    assert parse_study(yaml.safe_load(text), check_environment=False) == spec
+
+
+def test_linked_level_order_of_keys_does_not_matter_and_labels_follow_the_first():
+    levels = [{"seq_len": 4, "videos_per_batch": 1}, {"videos_per_batch": 2, "seq_len": 2}]
+    space = parse_study(_linked(levels)).search_space
+    assert space.factor_dict["batch_shape"][1] == {"seq_len": 2, "videos_per_batch": 2}
+    assert list(space.factor_dict["batch_shape"][1]) == ["seq_len", "videos_per_batch"]
+
+
+def test_tune_config_of_a_linked_level_expands_to_trial_params():
+    from pitfalls.config import level_label
+
+    space = parse_study(_linked()).search_space
+    label = level_label(BATCH_SHAPES[1])
+    assert label == "videos_per_batch=2, seq_len=2"
+    config = {"norm": "group", "frozen_stages": 1, "batch_shape": label, "lr": 1e-3,
+              "weight_decay": 0.0, "seed": 3}
+    p = TrialParams.from_dict(space.expand(config))
+    assert (p.videos_per_batch, p.seq_len, p.norm, p.seed) == (2, 2, "group", 3)
+    with pytest.raises(KeyError, match="batch_shape: 'videos_per_batch=9, seq_len=2' is not one"):
+        space.expand({**config, "batch_shape": "videos_per_batch=9, seq_len=2"})
+
+
+def test_bad_linked_factors_are_all_reported_with_field_and_value():
+    raw = _linked([{"videos_per_batch": 1, "seq_len": 4}, {"videos_per_batch": 2},
+                   {"videos_per_batch": 1, "seq_len": 4}, {"videos_per_batch": 0, "seq_len": "x"}])
+    raw["search_space"]["factors"]["seq_len"] = [4]
+    raw["search_space"]["factors"]["norm"] = [{"videos_per_batch": 1, "seq_len": 2}]
+    raw["search_space"]["factors"]["one"] = [{"videos_per_batch": 1}, {"videos_per_batch": 2}]
+    raw["search_space"]["factors"]["odd"] = [{"videos_per_batch": 1, "depth": 2},
+                                             {"videos_per_batch": 2, "depth": 3}]
+    with pytest.raises(StudyError) as info:
+        parse_study(raw)
+    text = str(info.value)
+    for needle in (
+            "factors.batch_shape[1]: {'videos_per_batch': 2} must set the same parameters as every "
+            "level: videos_per_batch, seq_len",
+            "factors.batch_shape[2]: {'videos_per_batch': 1, 'seq_len': 4} repeats an earlier level",
+            "factors.batch_shape[3].videos_per_batch: 0 must be >= 1",
+            "factors.batch_shape[3].seq_len: 'x' must be an integer",
+            "factors.seq_len: 'seq_len' is also set by factor batch_shape",
+            "factors.norm: 'norm' names a trial parameter; a linked factor",
+            "factors.one[0]: {'videos_per_batch': 1} must set at least two parameters",
+            "factors.odd[0].depth: 'depth' is not an ablatable parameter; valid choices: norm"):
+        assert needle in text, text
+    assert len(info.value.problems) == 8, text
+
+
+def test_a_factor_that_is_neither_a_parameter_nor_linked_is_refused():
+    raw = _linked()
+    raw["search_space"]["factors"]["batch_shape"] = [1, 2]
+    with pytest.raises(StudyError) as info:
+        parse_study(raw)
+    text = str(info.value)
+    assert "factors.batch_shape: 'batch_shape' is not an ablatable parameter" in text
+    assert "'seq_len' is missing" in text and "a linked factor may set them" in text
+
+
+def test_linked_values_reach_the_data_model_and_batch_checks():
+    levels = [{"videos_per_batch": 3, "seq_len": 500, "frozen_stages": 9, "norm": "batch"},
+              {"videos_per_batch": 2, "seq_len": 4, "frozen_stages": 1, "norm": "none"}]
+    raw = _linked(levels, performance={"grad_accumulation": 2})
+    del raw["search_space"]["factors"]["frozen_stages"], raw["search_space"]["factors"]["norm"]
+    with pytest.raises(StudyError) as info:
+        parse_study(raw)
+    text = str(info.value)
+    for needle in ("batch_shape[0].videos_per_batch: 3 must be divisible by resources.workers x "
+                   "performance.grad_accumulation",
+                   "batch_shape[0].seq_len: 500 is longer than the shortest training video",
+                   "batch_shape[0].frozen_stages: 9 is beyond test_resnet's 4 stages"):
+        assert needle in text, text
+    assert "batch_shape[1]" not in text and len(info.value.problems) == 3
+    raw["model"] = {"backbone": "test_nfnet"}
+    raw["search_space"]["factors"]["batch_shape"][0].update(seq_len=4, frozen_stages=1)
+    with pytest.raises(StudyError, match=r"batch_shape\[0\].norm: 'batch' is not supported for "
+                                         "NormFreeNet backbones"):
+        parse_study(raw)
+
+
+def test_precise_bn_in_a_linked_factor_needs_batches_and_decides_per_trial():
+    from pitfalls.config import TrialConfig, precise_bn_batches
+
+    levels = [{"precise_bn": False, "videos_per_batch": 1}, {"precise_bn": True, "videos_per_batch": 2}]
+    raw = tiny_study()
+    del raw["search_space"]["factors"]["videos_per_batch"]
+    raw["search_space"]["factors"]["bn_stats"] = levels
+    with pytest.raises(StudyError, match="precise_bn_batches: 0 must be >= 1 when precise_bn"):
+        parse_study(raw)
+    spec = parse_study({**raw, "evaluation": {"precise_bn_batches": 3}})
+    config = {"norm": "batch", "frozen_stages": 1, "seq_len": 4, "lr": 1e-3,
+              "weight_decay": 0.0, "seed": 0, "bn_stats": "precise_bn=False, videos_per_batch=1"}
+    off = TrialConfig(spec, TrialParams.from_dict(spec.search_space.expand(config)))
+    assert not off.params.precise_bn and precise_bn_batches(off) == 0

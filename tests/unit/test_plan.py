@@ -31,6 +31,18 @@ def test_configurations_cross_the_factors_with_defaults():
     assert all(c["carry_hidden"] is False and c["videos_per_batch"] == 2 for c in configs)
 
 
+def test_configurations_take_a_linked_factor_level_by_level():
+    raw = tiny_study(name="planned")
+    factors = raw["search_space"]["factors"]
+    del factors["seq_len"], factors["videos_per_batch"]
+    factors["batch_shape"] = [{"videos_per_batch": 1, "seq_len": 4},
+                              {"videos_per_batch": 2, "seq_len": 2}]
+    configs = configurations(parse_study(raw))
+    assert [(c["norm"], c["videos_per_batch"], c["seq_len"]) for c in configs] == [
+        ("batch", 1, 4), ("batch", 2, 2), ("group", 1, 4), ("group", 2, 2)]
+    assert all(c["frozen_stages"] == 1 and c["carry_hidden"] is False for c in configs)
+
+
 def test_memory_estimates_are_within_25_percent_of_measured_peaks():
     """Beyond the probed frames (PROBE_CAP) the estimate extrapolates; a real step measures."""
     spec = _spec()
@@ -53,6 +65,22 @@ def test_freezing_frees_memory_for_longer_sequences():
     text = render(plan)
     assert "longest sequence that fits" in text and "| group | 2 |" in text
     assert all(c.step_s > 0 and c.trial_s > 0 for c in plan.configs)
+
+
+def test_precise_bn_passes_are_costed_for_bn_models_that_use_them():
+    raw = tiny_study(name="planned", evaluation={"precise_bn_batches": 50})
+    raw["search_space"]["factors"].update({"norm": ["batch", "group"], "frozen_stages": [0],
+                                           "precise_bn": [False, True]})
+    spec = parse_study(raw)
+    plan = plan_study(spec, CPU)
+    trial_s = {(c.params["norm"], c.params["precise_bn"]): c.trial_s for c in plan.configs}
+    bn = plan.shapes[("batch", 0)]
+    frames = raw["search_space"]["factors"]["videos_per_batch"][0] * raw["search_space"]["factors"]["seq_len"][0]
+    extra = spec.budget.epochs * 50 * frames * bn.eval_s_per_frame
+    assert bn.batch_stats and not plan.shapes[("group", 0)].batch_stats
+    assert trial_s[("batch", True)] - trial_s[("batch", False)] == pytest.approx(extra)
+    assert trial_s[("group", True)] == trial_s[("group", False)]
+    assert "PreciseBN's 50 batches per epoch included" in render(plan)
 
 
 def test_a_budget_too_small_says_no():

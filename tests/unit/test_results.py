@@ -72,3 +72,100 @@ def test_version_2_files_read_with_carry_hidden_false_and_new_metrics_null(tmp_p
     t = read_results(tmp_path / "v2.parquet")
     assert t.schema.equals(SCHEMA)
     assert t["carry_hidden"].to_pylist() == [False] and t["final_val_wMAE"].null_count == 1
+
+
+SHAPES = [{"videos_per_batch": 1, "seq_len": 4}, {"videos_per_batch": 2, "seq_len": 2},
+          {"videos_per_batch": 4, "seq_len": 1}]
+
+
+def _linked_study():
+    from pitfalls.config import parse_study
+    from tests.helpers import tiny_study
+
+    raw = tiny_study(seeds=[0, 1, 2])
+    factors = raw["search_space"]["factors"]
+    del factors["seq_len"], factors["videos_per_batch"]
+    factors["batch_shape"] = SHAPES
+    return parse_study(raw)
+
+
+def _linked_rows():
+    """norm x batch_shape x 3 seeds; (group, 4 x 1) never ran, (batch, 2 x 2, seed 2) failed."""
+    rng = np.random.default_rng(0)
+    rows, values = [], {}
+    for norm in ("batch", "group"):
+        for k, shape in enumerate(SHAPES):
+            for seed in (0, 1, 2):
+                if norm == "group" and k == 2:
+                    continue
+                v = 0.5 + 0.1 * k + 0.05 * (norm == "group") + 0.02 * seed + rng.normal(0, 0.01)
+                failed = norm == "batch" and k == 1 and seed == 2
+                params = {"norm": norm, "frozen_stages": 1, **shape, "lr": 1e-3,
+                          "weight_decay": 1e-4, "seed": seed}
+                rows.append(trial_row("tiny", f"t{len(rows)}", params,
+                                      [] if failed else [{"epoch": 1, "val_accuracy": v}],
+                                      status="failed" if failed else "completed",
+                                      error="boom" if failed else None, duration_s=1.0, workers=1))
+                if not failed:
+                    values[(norm, k, seed)] = v
+    return rows, values
+
+
+def test_report_treats_a_linked_factor_as_one_factor(tmp_path):
+    import pyarrow as pa
+
+    from pitfalls.results.html import render_html
+    from pitfalls.results.report import analysis_of_study, comparison_data, comparison_markdown
+
+    rows, values = _linked_rows()
+    write_results(tmp_path / "results.parquet", rows)
+    results = read_results(tmp_path / "results.parquet")
+    assert "batch_shape" not in results.column_names  # the schema is unchanged
+    a = analysis_of_study(_linked_study())
+    labels = ["videos_per_batch=1, seq_len=4", "videos_per_batch=2, seq_len=2",
+              "videos_per_batch=4, seq_len=1"]
+    assert a.factors == ["norm", "batch_shape"] and a.levels["batch_shape"] == labels
+    data = comparison_data(results, a)
+
+    combos = {(c["norm"], c["batch_shape"]): c for c in data["combinations"]}
+    assert len(combos) == 6
+    assert combos[("group", labels[2])]["n"] == 0 and combos[("group", labels[2])]["missing"] == 3
+    assert combos[("batch", labels[1])]["failed"] == 1 and combos[("batch", labels[1])]["missing"] == 0
+    assert combos[("batch", labels[0])]["n"] == 3
+
+    paired = {(r["level_a"], r["level_b"]): r for r in data["paired"] if r["factor"] == "batch_shape"}
+    assert {k: r["pairs"] for k, r in paired.items()} == {
+        (labels[0], labels[1]): 5, (labels[0], labels[2]): 3, (labels[1], labels[2]): 2}
+    diffs = [values[(n, 1, s)] - values[(n, 0, s)] for n in ("batch", "group") for s in (0, 1, 2)
+             if (n, 1, s) in values]
+    assert np.isclose(paired[(labels[0], labels[1])]["mean_diff"], np.mean(diffs))
+    # norm: batch vs group on the same shape and seed (3 + 2 + 0: one failed, one never ran)
+    assert [r["pairs"] for r in data["paired"] if r["factor"] == "norm"] == [5]
+
+    marginal = [m for m in data["marginal"] if m["factor"] == "batch_shape"]
+    assert [m["level"] for m in marginal] == labels and [m["n"] for m in marginal] == [6, 5, 3]
+    assert data["interactions"][0]["factors"] == ["norm", "batch_shape"]
+    assert data["best"]["overall"]["batch_shape"] == labels[2]
+    assert set(data["importance"]) == {"norm", "batch_shape"}
+
+    md = comparison_markdown(results, a, data)
+    assert f"| group | {labels[2]} | 0 | – | – | 0 | 3 |" in md
+    assert f"| batch_shape | {labels[0]} → {labels[1]} | 5 |" in md
+    html = render_html(results, a, data)
+    assert labels[2] in html and html.count("<img") >= 3
+    assert pa.Table.from_pylist(data["combinations"]).num_rows == 6
+
+
+def test_a_row_matching_no_linked_level_is_labelled_with_its_own_values():
+    import pyarrow as pa
+
+    from pitfalls.results.report import analysis_of_study, with_factor_columns
+    from pitfalls.results.schema import SCHEMA
+
+    params = {"norm": "batch", "frozen_stages": 1, "videos_per_batch": 8, "seq_len": 2,
+              "lr": 1e-3, "weight_decay": 0.0, "seed": 0}
+    row = trial_row("tiny", "t0", params, [{"epoch": 1, "val_accuracy": 0.5}],
+                    status="completed", error=None, duration_s=1.0, workers=1)
+    table = with_factor_columns(pa.Table.from_pylist([row], schema=SCHEMA),
+                                analysis_of_study(_linked_study()))
+    assert table["batch_shape"].to_pylist() == ["videos_per_batch=8, seq_len=2"]
