@@ -270,15 +270,15 @@ class SearchSpace:
 
     def param_values(self) -> dict[str, tuple]:
         """Per swept trial parameter, the distinct values it takes (plain or linked)."""
-        out: dict[str, list] = {}
-        for n, levels in self.factors:
-            for param in self.linked.get(n, (n,)):
-                values = out.setdefault(param, [])
-                for level in levels:
-                    v = level[param] if n in self.linked else level
-                    if not any(v == w and type(v) is type(w) for w in values):
-                        values.append(v)
-        return {k: tuple(v) for k, v in out.items()}
+        linked = self.linked
+        out: dict[str, tuple] = {}
+        for param in (q for n, _ in self.factors for q in linked.get(n, (n,))):
+            values: list = []
+            for _, v in self.param_levels(param):
+                if not any(v == w and type(v) is type(w) for w in values):
+                    values.append(v)
+            out[param] = tuple(values)
+        return out
 
     def expand(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """A Tune config -> the flat trial parameters: each linked factor's label is replaced by
@@ -407,9 +407,15 @@ PARAM_DEFAULTS = {"carry_hidden": False, "precise_bn": False}  # optional factor
 
 def precise_bn_batches(cfg: "TrialConfig") -> int:
     """Batches PreciseBN recomputes BN statistics over before each evaluation (0: the EMA)."""
-    batches = cfg.study.evaluation.precise_bn_batches
-    if "precise_bn" in cfg.study.search_space.param_values():
-        return batches if cfg.params.precise_bn else 0
+    return study_precise_bn_batches(cfg.study, cfg.params.precise_bn)
+
+
+def study_precise_bn_batches(study: "StudySpec", precise_bn: bool) -> int:
+    """`precise_bn_batches` for a configuration whose `precise_bn` parameter is given (ignored
+    unless precise_bn is a factor): the trial and the planner decide alike."""
+    batches = study.evaluation.precise_bn_batches
+    if "precise_bn" in study.search_space.param_values():
+        return batches if precise_bn else 0
     return batches
 
 

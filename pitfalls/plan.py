@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pitfalls.config import StudySpec
+from pitfalls.config import StudySpec, study_precise_bn_batches
 from pitfalls.models.precise_bn import batch_stat_layers
 from pitfalls.models.video_model import build_model
 from pitfalls.train.fast import FastPath, Stepper, prepare_model, resolve
@@ -326,10 +326,9 @@ def precise_bn_s(spec: StudySpec, config: dict, cost: ShapeCost) -> float:
     """PreciseBN's forward passes per epoch (`evaluation.precise_bn_batches` training batches of
     this worker's share, no gradients), costed as evaluation frames: 0 without BN layers, or
     when `precise_bn` is a factor and this configuration uses the EMA statistics."""
-    batches = spec.evaluation.precise_bn_batches
-    if not cost.batch_stats or ("precise_bn" in spec.search_space.param_values()
-                                and not config.get("precise_bn")):
+    if not cost.batch_stats:
         return 0.0
+    batches = study_precise_bn_batches(spec, bool(config.get("precise_bn")))
     frames = max(config["videos_per_batch"] // spec.resources.workers, 1) * config["seq_len"]
     return batches * frames * cost.eval_s_per_frame
 

@@ -90,9 +90,10 @@ def make_video(opts: SyntheticOptions, index: int) -> Video:
     angles, freqs, colours = _phase_looks(opts)
     rng = np.random.default_rng([opts.seed, 2, index])
     phases = np.repeat(np.arange(opts.num_phases), durations).astype(np.int64)
-    look = look_of_phase(opts)[phases]  # what each frame looks like (its phase unless shared)
+    looks = look_of_phase(opts)
+    look = looks[phases]  # what each frame looks like (its phase unless shared)
     t = np.arange(len(phases), dtype=np.float32)
-    tools = _tool_presence(durations, look_of_phase(opts), opts.num_tools, rng)
+    tools = _tool_presence(durations, looks, opts.num_tools, rng)
 
     s = opts.frame_size
     yy, xx = np.meshgrid(np.linspace(-1, 1, s, dtype=np.float32),
