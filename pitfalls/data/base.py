@@ -9,15 +9,17 @@ three sources are interchangeable and a packed store is never copied into a work
 from __future__ import annotations
 
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 import numpy as np
 
+from pitfalls.fields import Ints, Problem, pydantic_check
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLIT_NAMES = ("train", "val", "test")
 
 
 class DataError(ValueError):
@@ -66,23 +68,49 @@ class VideoData:
         return self.splits.get("test", [])
 
 
-def frame_number(path: Path) -> int | None:
-    """The frame index in a file name: the last run of digits in its stem (`00000012.jpg` -> 12)."""
-    digits = re.findall(r"\d+", path.stem)
-    return int(digits[-1]) if digits else None
+@dataclass(frozen=True)
+class SplitField:
+    """`split`: a standard split's name, or {train: [ids], val: [ids], test: [ids]} (kept as
+    ((part, (ids...)), ...)); that the ids exist is checked against the data (`split_problems`)."""
+
+    kind: type = int  # video ids: integers (Cholec80) or names (frames)
+    standard: tuple[str, ...] = ()
+    optional: bool = False  # None: the dataset's own split (frames: the labels' split column)
+
+    def check(self, value: Any) -> Any:
+        if value is None and self.optional:
+            return None
+        if isinstance(value, str) and value in self.standard:
+            return value
+        if not isinstance(value, Mapping):
+            valid = (", ".join(self.standard) + " or " if self.standard else "")
+            raise ValueError(f"is not a split; valid: {valid}a mapping "
+                             "{train: [...], val: [...], test: [...]}")
+        what = "ids (integers)" if self.kind is int else "names"
+        for part, ids in value.items():
+            if part not in SPLIT_NAMES:
+                raise ValueError(f"has an unknown part {part!r}; valid choices: {', '.join(SPLIT_NAMES)}")
+            if not isinstance(ids, (list, tuple)) or not all(
+                    isinstance(i, self.kind) and not isinstance(i, bool) for i in ids):
+                raise ValueError(f"{part} must be a list of video {what}")
+        for required in ("train", "val"):
+            if required not in value:
+                raise ValueError(f"needs {required}: a list of videos")
+        return tuple((part, tuple(ids)) for part, ids in value.items())
+
+    def __get_pydantic_core_schema__(self, source, handler):
+        return pydantic_check(self.check)
 
 
-def list_frames(folder: Path) -> dict[int, Path]:
-    """Image files of one video folder by frame number (os.scandir: fast on 10^5 files)."""
-    out: dict[int, Path] = {}
-    with os.scandir(folder) as entries:
-        for e in entries:
-            p = Path(e.path)
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                n = frame_number(p)
-                if n is not None:
-                    out[n] = p
-    return out
+FrameSize = Annotated[tuple[int, int], Ints(2, ge=8, message="must be [width, height], integers >= 8")]
+
+
+def needs_root_or_store(options: Any, dataset: str) -> list[Problem]:
+    """A real dataset is read from its folder (`root`) or from its packed store (`store`)."""
+    if options.root or options.store:
+        return []
+    return [Problem("root", None, f"is required for {dataset} (or `store`: a packed store from "
+                                  "`pitfalls data pack`)")]
 
 
 def decode_frame(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:

@@ -29,12 +29,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 import numpy as np
 
-from pitfalls.data.base import DataError, FileFrames, Video, VideoData
+from pitfalls.data.base import (SPLIT_NAMES, DataError, FileFrames, FrameSize, SplitField, Video,
+                                VideoData, needs_root_or_store)
 from pitfalls.data.frames import Problems, missing_frames_message, scan_frames
+from pitfalls.fields import FORBID_EXTRA, Float, Problem, Text
 
 PHASES: tuple[str, ...] = ("Preparation", "CalotTriangleDissection", "ClippingCutting",
                            "GallbladderDissection", "GallbladderPackaging", "CleaningCoagulation",
@@ -47,9 +49,27 @@ SPLITS: dict[str, dict[str, tuple[int, ...]]] = {
     "40/8/32": {"train": tuple(range(1, 41)), "val": tuple(range(41, 49)), "test": tuple(range(49, 81))},
     "32/8/40": {"train": tuple(range(1, 33)), "val": tuple(range(33, 41)), "test": tuple(range(41, 81))},
 }
-SPLIT_KEYS = ("train", "val", "test")
 
 FRAMES_DIR, PHASE_DIR, TOOL_DIR = "frames", "phase_annotations", "tool_annotations"
+
+
+@dataclass(frozen=True)
+class Cholec80Options:
+    """Cholec80 as distributed (frames extracted at `fps`), or its packed store."""
+
+    __pydantic_config__ = FORBID_EXTRA
+
+    root: Annotated[str | None, Text(optional=True)] = None  # frames/, phase_annotations/, tool_annotations/
+    store: Annotated[str | None, Text(optional=True)] = None  # a packed store (`pitfalls data pack`): read instead of decoding
+    split: Annotated[str | tuple, SplitField(int, tuple(SPLITS))] = "40/8/32"
+    frame_size: FrameSize = (384, 216)  # (W, H) the frames are resized to
+    fps: Annotated[float, Float(ge=0.001)] = 1.0
+
+    def problems(self) -> list[Problem]:
+        return needs_root_or_store(self, "cholec80")
+
+    def split_mapping(self) -> str | dict[str, list[int]]:
+        return self.split if isinstance(self.split, str) else {k: list(v) for k, v in self.split}
 PHASE_HEADER = ("Frame", "Phase")
 TOOL_HEADER = ("Frame", *TOOLS)
 _FOLDER = re.compile(r"^(?:video)?(\d+)$", re.IGNORECASE)
@@ -381,8 +401,8 @@ def split_problems(split: str | Mapping[str, Sequence[int]],
     owner: dict[int, str] = {}
     out: dict[str, list[int]] = {}
     for key, ids in parts.items():
-        if key not in SPLIT_KEYS:
-            problems.append(f"{source}: unknown part {key!r}; valid: {', '.join(SPLIT_KEYS)}")
+        if key not in SPLIT_NAMES:
+            problems.append(f"{source}: unknown part {key!r}; valid: {', '.join(SPLIT_NAMES)}")
             continue
         out[key], absent = [], []
         for i in ([ids] if isinstance(ids, (int, str)) else ids):
@@ -426,3 +446,15 @@ def load(root: str | Path, split: str | Mapping[str, Sequence[int]] = "40/8/32",
         raise DataError(f"cholec80 dataset at {root}", problems)
     return VideoData(name="cholec80", phase_names=PHASES, tool_names=TOOLS, fps=fps,
                      splits={k: [videos[video_name(i)] for i in part] for k, part in parts.items()})
+
+
+def read(options: Cholec80Options) -> VideoData:
+    """The dataset of a study's options (`dataset.options`), from the files under `root`."""
+    return load(options.root, split=options.split_mapping(), size=options.frame_size, fps=options.fps)
+
+
+def store_splits(options: Cholec80Options, ids: list[str], store: Path) -> dict[str, list[str]]:
+    """A packed store's video ids (`video01`, ...) per part of the study's split."""
+    numbers = {int("".join(c for c in i if c.isdigit())): i for i in ids}
+    resolved = resolve_split(options.split_mapping(), sorted(numbers))
+    return {k: [numbers[n] for n in v] for k, v in resolved.items()}

@@ -4,7 +4,7 @@
     ROOT/labels.csv | labels.parquet                      one row per labelled frame
 
 The labels file has a video column (the folder name), a frame column (the frame number in the
-file name: the last run of digits in its stem, see `frame_number`), a phase column (names or
+file name: the last run of digits in its stem), a phase column (names or
 integer class indices), optional 0/1 tool columns and an optional `split` column
 (train/val/test). A video is its labelled frames in frame-number order; image files without a
 label row are ignored. Every problem found (missing columns, missing images, duplicate rows,
@@ -21,15 +21,45 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 import numpy as np
 
-from pitfalls.data.base import IMAGE_SUFFIXES, DataError, FileFrames, Video, VideoData
+from pitfalls.data.base import (IMAGE_SUFFIXES, SPLIT_NAMES, DataError, FileFrames, FrameSize,
+                                SplitField, Video, VideoData, needs_root_or_store)
+from pitfalls.fields import FORBID_EXTRA, Float, Problem, Text, Texts
 
-SPLIT_NAMES = ("train", "val", "test")
 SPLIT_COLUMN = "split"
 MAX_PER_KIND = 10  # per file and kind of problem: one systematic mistake must not hide the others
+
+
+Column = Annotated[str, Text()]
+
+
+@dataclass(frozen=True)
+class FramesOptions:
+    """One folder of frames per video plus a CSV/Parquet file of per-frame labels."""
+
+    __pydantic_config__ = FORBID_EXTRA
+
+    root: Annotated[str | None, Text(optional=True)] = None
+    store: Annotated[str | None, Text(optional=True)] = None
+    labels: Column = "labels.csv"  # relative to root
+    video_column: Column = "video"
+    frame_column: Column = "frame"
+    phase_column: Column = "phase"
+    tool_columns: Annotated[tuple[str, ...], Texts()] = ()
+    phases: Annotated[tuple[str, ...], Texts()] = ()  # class order; default: sorted label values
+    # ((split, (video names...)), ...); None: the labels' split column
+    split: Annotated[tuple | None, SplitField(str, optional=True)] = None
+    frame_size: FrameSize = (224, 224)
+    fps: Annotated[float, Float(ge=0.001)] = 1.0
+
+    def problems(self) -> list[Problem]:
+        return needs_root_or_store(self, "frames")
+
+    def split_mapping(self) -> dict[str, list[str]] | None:
+        return None if self.split is None else {k: list(v) for k, v in self.split}
 
 
 # ---------------------------------------------------------------- frame folders (shared)
@@ -46,7 +76,7 @@ _LAST_DIGITS = re.compile(r"(\d+)\D*$")
 
 
 def scan_frames(folder: Path) -> FrameFolder:
-    """`base.list_frames`, but clashes (`5.jpg` + `00000005.png`) are kept to be reported, not silently
+    """Image files of one video folder by frame number; clashes (`5.jpg` + `00000005.png`) are kept to be reported, not silently
     resolved, and names are handled as strings (pathlib per file costs seconds on Cholec80's 10^5 frames)."""
     files: dict[int, str] = {}
     duplicates: dict[int, list[str]] = {}
@@ -56,7 +86,7 @@ def scan_frames(folder: Path) -> FrameFolder:
             dot = name.rfind(".")
             if dot <= 0 or name[dot:].lower() not in IMAGE_SUFFIXES:
                 continue
-            m = _LAST_DIGITS.search(name, 0, dot)  # = base.frame_number: last digit run of the stem
+            m = _LAST_DIGITS.search(name, 0, dot)  # the frame number: the last run of digits in the stem
             if m is None:
                 continue
             n = int(m.group(1))
@@ -418,3 +448,11 @@ def load(root: str | Path, labels: str | Path = "labels.csv", video_column: str 
     by_name = {v.id: v for v in videos}
     return VideoData(name="frames", phase_names=names, tool_names=tools,
                      splits={k: [by_name[n] for n in vs] for k, vs in splits.items()}, fps=fps)
+
+
+def read(options: FramesOptions) -> VideoData:
+    """The dataset of a study's options (`dataset.options`), from the files under `root`."""
+    o = options
+    return load(o.root, labels=o.labels, video_column=o.video_column, frame_column=o.frame_column,
+                phase_column=o.phase_column, tool_columns=o.tool_columns, phases=o.phases,
+                split=o.split_mapping(), size=o.frame_size, fps=o.fps)

@@ -1,49 +1,100 @@
-"""A study's `DatasetSpec` -> `VideoData`: the one place that knows every dataset and the store.
+"""The dataset registry: every dataset a study can name, with its options and how it is read.
 
-With `store:` set, frames and labels come from the packed store (memory-mapped, nothing decoded,
-nothing copied); otherwise from the dataset's own files, decoded on demand at `frame_size`.
-Loads are cached per process: a reused Tune trial process loads its dataset once.
+A dataset is its module (an options dataclass, the study's `dataset.options`, and a function
+that reads `VideoData` from its files) plus one entry in `DATASETS`; validation, the study
+schema and `load_data` derive from the entry. With `store:` set, frames and labels come from a
+packed store instead (memory-mapped, nothing decoded, nothing copied). Loads are cached per
+process: a reused Tune trial process loads its dataset once.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Callable, Sequence
 
+from pitfalls.data import cholec80, frames
 from pitfalls.data.base import DataError, Video, VideoData
-from pitfalls.data.synthetic import synthetic_data
-
-if TYPE_CHECKING:
-    from pitfalls.config import DatasetSpec, TaskSpec
+from pitfalls.data.synthetic import SyntheticOptions, synthetic_data, video_lengths
 
 SPLITS_FILE = "splits.json"  # written next to a packed `frames` store whose labels had a split column
 
 
+@dataclass(frozen=True)
+class DataFacts:
+    """What validation needs to know of a dataset: its training videos' lengths, instruments."""
+
+    train_lengths: list[int]
+    tool_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    options: type  # the dataclass of `dataset.options`
+    read: Callable[[Any], VideoData]  # options -> videos per split from the dataset's own files
+    # a packed store's video ids -> ids per split (None: the dataset has no packed store)
+    store_splits: Callable[[Any, list[str], Path], dict[str, list[str]]] | None = None
+    # instruments anticipated when the study names none (empty: every instrument)
+    anticipation_tools: tuple[str, ...] = ()
+    # the facts without reading the data (None: they come from `load_data`)
+    facts: Callable[[Any], DataFacts] | None = None
+
+
+def _synthetic_facts(o: SyntheticOptions) -> DataFacts:
+    return DataFacts(video_lengths(o)[o.val_videos:], tuple(f"tool{k + 1}" for k in range(o.num_tools)))
+
+
+def _frames_store_splits(o: frames.FramesOptions, ids: list[str], store: Path) -> dict[str, list[str]]:
+    if o.split is not None:
+        wanted = o.split_mapping()
+    elif (store / SPLITS_FILE).is_file():
+        wanted = json.loads((store / SPLITS_FILE).read_text())
+    else:
+        raise DataError(str(store), ["no split: set dataset.options.split (the store was packed "
+                                     "from labels without a split column)"])
+    unknown = sorted({v for vs in wanted.values() for v in vs} - set(ids))
+    if unknown:
+        raise DataError(str(store), [f"split names videos not in the store: {', '.join(unknown)}"])
+    return wanted
+
+
+DATASETS: dict[str, Dataset] = {
+    "synthetic": Dataset(SyntheticOptions, synthetic_data, facts=_synthetic_facts),
+    "cholec80": Dataset(cholec80.Cholec80Options, cholec80.read, cholec80.store_splits,
+                        anticipation_tools=cholec80.ANTICIPATION_TOOLS),
+    "frames": Dataset(frames.FramesOptions, frames.read, _frames_store_splits),
+}
+DATASET_NAMES = tuple(DATASETS)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A study's dataset: a name in `DATASETS` and that dataset's options."""
+
+    name: str = "synthetic"
+    options: Any = field(default_factory=SyntheticOptions)
+
+
 @lru_cache(maxsize=2)
-def load_data(spec: "DatasetSpec") -> VideoData:
+def load_data(spec: DatasetSpec) -> VideoData:
     """The dataset's videos per split; raises one `DataError` listing every problem."""
-    o = spec.options
-    if spec.name == "synthetic":
-        return synthetic_data(o)
-    if o.store:
+    if getattr(spec.options, "store", None):
         return _from_store(spec)
-    if spec.name == "cholec80":
-        from pitfalls.data import cholec80
-
-        split = o.split if isinstance(o.split, str) else {k: list(v) for k, v in o.split}
-        return cholec80.load(o.root, split=split, size=o.frame_size, fps=o.fps)
-    from pitfalls.data import frames
-
-    return frames.load(o.root, labels=o.labels, video_column=o.video_column,
-                       frame_column=o.frame_column, phase_column=o.phase_column,
-                       tool_columns=o.tool_columns, phases=o.phases,
-                       split=None if o.split is None else {k: list(v) for k, v in o.split},
-                       size=o.frame_size, fps=o.fps)
+    return DATASETS[spec.name].read(spec.options)
 
 
-def _from_store(spec: "DatasetSpec") -> VideoData:
+def data_facts(spec: DatasetSpec) -> DataFacts:
+    """Training video lengths and instruments, as cheaply as the dataset allows."""
+    facts = DATASETS[spec.name].facts
+    if facts is not None:
+        return facts(spec.options)
+    data = load_data(spec)
+    return DataFacts([len(v) for v in data.train], data.tool_names)
+
+
+def _from_store(spec: DatasetSpec) -> VideoData:
     from pitfalls.data.store import open_store
 
     o = spec.options
@@ -58,42 +109,20 @@ def _from_store(spec: "DatasetSpec") -> VideoData:
     if problems:
         raise DataError(o.store, problems)
     by_id = {v.id: v for v in store.videos}
-    splits = _store_splits(spec, store.videos, Path(o.store))
+    splits = DATASETS[spec.name].store_splits(o, [v.id for v in store.videos], Path(o.store))
     return VideoData(name=spec.name, phase_names=tuple(store.phase_names),
                      tool_names=tuple(store.tool_names),
                      splits={k: [by_id[i] for i in ids] for k, ids in splits.items()}, fps=store.fps)
 
 
-def _store_splits(spec: "DatasetSpec", videos: Sequence[Video], store: Path) -> dict[str, list[str]]:
-    o = spec.options
-    ids = [v.id for v in videos]
-    if spec.name == "cholec80":
-        from pitfalls.data import cholec80
-
-        numbers = {int("".join(c for c in i if c.isdigit())): i for i in ids}
-        split = o.split if isinstance(o.split, str) else {k: list(v) for k, v in o.split}
-        resolved = cholec80.resolve_split(split, sorted(numbers))
-        return {k: [numbers[n] for n in v] for k, v in resolved.items()}
-    if o.split is not None:
-        wanted = {k: list(v) for k, v in o.split}
-    elif (store / SPLITS_FILE).is_file():
-        wanted = json.loads((store / SPLITS_FILE).read_text())
-    else:
-        raise DataError(str(store), ["no split: set dataset.options.split (the store was packed "
-                                     "from labels without a split column)"])
-    unknown = sorted({v for vs in wanted.values() for v in vs} - set(ids))
-    if unknown:
-        raise DataError(str(store), [f"split names videos not in the store: {', '.join(unknown)}"])
-    return wanted
+def anticipation_tools(dataset: str, tools: Sequence[str], tool_names: Sequence[str]) -> tuple[str, ...]:
+    """The instruments to anticipate: the study's list, else the dataset's default set
+    (Cholec80's five sparsely used ones, the papers' choice), else every instrument."""
+    if tools:
+        return tuple(tools)
+    default = DATASETS[dataset].anticipation_tools
+    return tuple(t for t in default if t in tool_names) if default else tuple(tool_names)
 
 
-def anticipation_tools(dataset: str, task: "TaskSpec", tool_names: Sequence[str]) -> tuple[str, ...]:
-    """The instruments to anticipate: the study's list, else Cholec80's five (the papers'
-    choice: instruments that are used sparsely), else every instrument of the dataset."""
-    if task.tools:
-        return tuple(task.tools)
-    if dataset == "cholec80":
-        from pitfalls.data.cholec80 import ANTICIPATION_TOOLS
-
-        return tuple(t for t in ANTICIPATION_TOOLS if t in tool_names)
-    return tuple(tool_names)
+__all__ = ["DATASETS", "DATASET_NAMES", "DataFacts", "Dataset", "DatasetSpec", "Video",
+           "anticipation_tools", "data_facts", "load_data"]

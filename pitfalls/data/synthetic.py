@@ -14,28 +14,72 @@ only what happened in between tells them apart, which takes context longer than 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
 from pitfalls.data.base import Video, VideoData
+from pitfalls.fields import FORBID_EXTRA, Float, Int, ListOf, Problem
 
 
 @dataclass(frozen=True)
 class SyntheticOptions:
-    num_videos: int = 12
-    val_videos: int = 4  # the first `val_videos` videos are the validation split
-    num_phases: int = 5
-    num_tools: int = 4
-    min_phase_frames: int = 6
-    max_phase_frames: int = 18
-    frame_size: int = 32
-    noise: float = 0.35
-    video_shift: float = 1.0  # spread of the per-video gain/offset (camera, patient, lighting)
-    tool_size: float = 0.1  # std of an instrument's blob, in half frame widths (0.3: ~a quarter of the frame)
+    """The generator's options (`dataset.options` of a synthetic study)."""
+
+    __pydantic_config__ = FORBID_EXTRA
+
+    num_videos: Annotated[int, Int(ge=2)] = 12
+    val_videos: Annotated[int, Int(ge=1)] = 4  # the first `val_videos` videos are the validation split
+    num_phases: Annotated[int, Int(ge=2)] = 5
+    num_tools: Annotated[int, Int(ge=0)] = 4
+    min_phase_frames: Annotated[int, Int(ge=1)] = 6
+    max_phase_frames: Annotated[int, Int(ge=1)] = 18
+    frame_size: Annotated[int, Int(ge=16)] = 32
+    noise: Annotated[float, Float(ge=0)] = 0.35
+    video_shift: Annotated[float, Float(ge=0)] = 1.0  # spread of the per-video gain/offset (camera, patient, lighting)
+    tool_size: Annotated[float, Float(gt=0)] = 0.1  # std of an instrument's blob, in half frame widths (0.3: ~a quarter of the frame)
     # (phase, like) pairs, phases numbered from 1 as named (phase1, ...): `phase` is rendered with
     # the look and instrument rates of the earlier phase `like` ([[4, 2]]: phase 4 looks like 2)
-    shared_looks: tuple[tuple[int, int], ...] = ()
-    seed: int = 0
+    shared_looks: Annotated[tuple, ListOf("must be a list of [phase, like] pairs, e.g. [[4, 2]]")] = ()
+    seed: Annotated[int, Int(ge=0)] = 0
+
+    def problems(self) -> list[Problem]:
+        """What no single field can say: ranges that relate fields, and the shared looks."""
+        out = []
+        if self.max_phase_frames < self.min_phase_frames:
+            out.append(Problem("max_phase_frames", self.max_phase_frames,
+                               f"must be >= min_phase_frames ({self.min_phase_frames})"))
+        if self.val_videos >= self.num_videos:
+            out.append(Problem("val_videos", self.val_videos, "must leave at least one training "
+                               f"video (num_videos is {self.num_videos})"))
+        return out + _shared_look_problems(self.shared_looks, self.num_phases)
+
+
+def _shared_look_problems(looks: tuple, num_phases: int) -> list[Problem]:
+    """[[phase, like], ...]: each a later phase rendered like an earlier, unshared one."""
+    out, pairs = [], []
+    for i, pair in enumerate(looks):
+        where = f"shared_looks[{i}]"
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in pair)):
+            out.append(Problem(where, _listed(pair), "must be a pair of phase numbers [phase, like]"))
+        elif not 1 <= pair[1] < pair[0] <= num_phases:
+            out.append(Problem(where, _listed(pair), "must name a phase and an earlier phase it "
+                               f"looks like, both in 1..{num_phases} (num_phases)"))
+        else:
+            pairs.append((i, pair[0], pair[1]))
+    shared = [a for _, a, _ in pairs]
+    for i, a, b in pairs:
+        if shared.count(a) > 1:
+            out.append(Problem(f"shared_looks[{i}]", [a, b], f"phase {a} is given more than one look"))
+        elif b in shared:
+            out.append(Problem(f"shared_looks[{i}]", [a, b], f"phase {b} is itself rendered like "
+                               "another phase; name the original one"))
+    return out
+
+
+def _listed(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _phase_durations(opts: SyntheticOptions) -> list[np.ndarray]:

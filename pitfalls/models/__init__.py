@@ -1,9 +1,24 @@
-"""Backbones, norms, freezing and temporal heads. No Ray/MLflow imports."""
+"""Backbones, norms, freezing, temporal heads. No Ray, MLflow or pydantic imports.
 
-from pitfalls.models.backbone import backbone_info, create_backbone, freeze_stages, stage_groups
-from pitfalls.models.norms import NORM_NAMES, NORMS, EvalModeBatchNorm2d, convert_norms
-from pitfalls.models.video_model import CausalLSTMHead, VideoModel, build_model
+The registries (`norms`, `heads`, `backbone`'s table) import no torch, so a study validates
+without it; the names below that need torch are imported on first use.
+"""
 
-__all__ = ["NORMS", "NORM_NAMES", "EvalModeBatchNorm2d", "convert_norms", "backbone_info",
-           "create_backbone", "freeze_stages", "stage_groups", "CausalLSTMHead", "VideoModel",
-           "build_model"]
+from __future__ import annotations
+
+from importlib import import_module
+
+_LAZY = {
+    "NORMS": "norms", "NORM_NAMES": "norms", "NormOptions": "norms", "convert_norms": "norms",
+    "EvalModeBatchNorm2d": "norm_layers", "HEADS": "heads", "HEAD_NAMES": "heads",
+    "backbone_info": "backbone", "create_backbone": "backbone", "freeze_stages": "backbone",
+    "stage_groups": "backbone", "CausalLSTMHead": "temporal", "VideoModel": "video_model",
+    "build_model": "video_model",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)

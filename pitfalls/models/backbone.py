@@ -3,20 +3,27 @@
 Stages come from timm's `group_matcher(coarse=True)`: group 0 is the stem, then one group per
 stage; a model's head/neck modules that match neither (e.g. ConvNeXt's head norm) are not a
 stage. `frozen_stages = k` freezes the stem and the first k stages.
+
+What validation asks (`backbone_info`: is it a timm model, of a supported family, how many
+stages, which norms) is answered from `backbones.json` without importing torch or timm; the
+table lists every timm model of the pinned version. torch and timm are imported when a backbone
+is built or a name is missing from the table.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pitfalls.models.norms import NORM_NAMES, convert_norms, stray_norms
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # One small representative per family: the support table is measured on these.
 FAMILY_EXAMPLES = {
@@ -55,6 +62,7 @@ def _create_kwargs(family: str, norm: str | None) -> dict:
 def create_backbone(name: str, weights: str | None = None, norm: str | None = None) -> nn.Module:
     """A timm feature extractor (pooled features, no classifier); `weights` is a local file."""
     import timm
+    import torch
 
     family = backbone_info(name).family
     model = timm.create_model(name, pretrained=False, num_classes=0, **_create_kwargs(family, norm))
@@ -130,9 +138,35 @@ def family_support() -> dict[str, tuple[str, ...]]:
 @lru_cache(maxsize=64)
 def backbone_info(name: str) -> BackboneInfo:
     """Family, stage count and supported norms of a timm model: from the table, else inspected."""
-    known = _table().get("models", {}).get(name)
-    info = BackboneInfo(name, **known) if known else inspect_backbone(name)
+    table = _table()
+    known = table.get("models", {}).get(name)
+    if known:
+        info = BackboneInfo(name, **known)
+    elif table and table.get("other_models", {}).get(name) not in FAMILY_EXAMPLES:
+        # the table lists every model of this timm version: refused without importing timm
+        info = _unsupported(name, table.get("other_models", {}).get(name),
+                            [*table.get("models", {}), *table.get("other_models", {})])
+    else:  # no table for this timm, or a supported family outside TABLE_MODULES (res2net, ...)
+        info = inspect_backbone(name)
     return info if info.error else replace(info, norms=family_support().get(info.family, ()))
+
+
+def _unsupported(name: str, family: str | None, names: list[str]) -> BackboneInfo:
+    """Why `name` cannot be a backbone: not a timm model (with similar names), or its family."""
+    if family is None:
+        pattern = f"*{name.split('_')[0]}*"
+        close = sorted((n for n in names if fnmatch.fnmatchcase(n, pattern)), key=_natural)[:8]
+        hint = f"; similar names: {', '.join(close)}" if close else ""
+        return BackboneInfo(name, error=f"is not a timm model name{hint}")
+    return BackboneInfo(name, family=family, error=(
+        f"is a {family}; supported families: {', '.join(FAMILY_EXAMPLES)}"))
+
+
+def _natural(name: str) -> list:
+    """timm's sort order of model names (numbers compared as numbers)."""
+    import re
+
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name.lower())]
 
 
 def inspect_backbone(name: str) -> BackboneInfo:
@@ -141,24 +175,35 @@ def inspect_backbone(name: str) -> BackboneInfo:
     `norms` is left empty here; `backbone_info` adds the family's supported norms.
     """
     import timm
+    import torch
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        hint = f"; similar names: {', '.join(close)}" if close else ""
-        return BackboneInfo(name, error=f"is not a timm model name{hint}")
+        return _unsupported(name, None, timm.list_models())
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=0)
     family = type(model).__name__
     if family not in FAMILY_EXAMPLES:
-        return BackboneInfo(name, family=family, error=(
-            f"is a {family}; supported families: {', '.join(FAMILY_EXAMPLES)}"))
+        return _unsupported(name, family, [])
     return BackboneInfo(name, family, num_stages=len(stage_groups(model)) - 1,
                         num_features=feature_dim(model))
+
+
+def _family(name: str) -> str:
+    """The class of timm model `name` (built on the meta device), or why it cannot be built."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return type(timm.create_model(name, pretrained=False, num_classes=0)).__name__
+    except Exception as e:  # noqa: BLE001 - recorded as the reason the model cannot be used
+        return f"model that cannot be built ({type(e).__name__})"
 
 
 def measure_support(example: str) -> tuple[str, ...]:
     """The norms that convert cleanly on `example`: no stray norm left, train/eval forward works."""
     import timm
+    import torch
 
     supported = []
     with torch.device("meta"):
@@ -187,14 +232,17 @@ def write_backbone_table(path: Path = TABLE_PATH) -> int:
     families = {f: {"example": ex, "norms": list(measure_support(ex))}
                 for f, ex in FAMILY_EXAMPLES.items()}
     _table.cache_clear()
-    models = {}
-    for name in sorted({n for m in TABLE_MODULES for n in timm.list_models(module=m)}):
-        info = inspect_backbone(name)
-        if not info.error:
+    models, others = {}, {}
+    candidates = {n for m in TABLE_MODULES for n in timm.list_models(module=m)}
+    for name in timm.list_models():
+        info = inspect_backbone(name) if name in candidates else None
+        if info is not None and not info.error:
             models[name] = {"family": info.family, "num_stages": info.num_stages,
                             "num_features": info.num_features}
+        else:  # validation names the family of a model it refuses, without importing timm
+            others[name] = info.family if info is not None else _family(name)
     path.write_text(json.dumps({"timm_version": version("timm"), "families": families,
-                                "models": models}, indent=1) + "\n")
+                                "models": models, "other_models": others}, indent=1) + "\n")
     _table.cache_clear()
     backbone_info.cache_clear()
     return len(models)

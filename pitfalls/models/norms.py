@@ -1,47 +1,32 @@
-"""Normalization catalog: one name -> constructor table and one conversion function.
+"""The norm registry: every normalization a backbone can be given, declared once with what the
+rest of the platform needs to know about it; and the conversion of a CNN's norms.
 
-Constructors take the channel count first (timm's convention) so they swap for each other.
+Each `Norm` carries its constructor (channel count first, timm's convention, so they swap for
+each other), the layer types it produces (to recognise it in a model), and its properties:
+`batch_dependent` (in train mode a sample's output depends on the other samples of the batch:
+the pitfall), `running_stats` (keeps running estimates that eval mode uses) and `precise_bn`
+(PreciseBN recomputes those estimates). Validation, the probes, PreciseBN, the cheat gap's
+diagnosis and the support table all read these entries; adding a norm is one entry here (plus
+its layer, if torch and timm have none).
+
 `convert_norms` replaces every channel norm of a CNN after creation — `nn.BatchNorm2d` and
 `SyncBatchNorm`, timm's fused `BatchNormAct2d` / `GroupNormAct`, `nn.GroupNorm`, and timm's
 channels-first `LayerNorm2d` — with the chosen norm. A fused layer's dropout and activation are
 kept (the replacement is wrapped in `NormAct`). Where the new layer is BN-shaped it inherits the
 old affine and running statistics, so a converted pretrained model keeps what it learned.
+
+Importing this module imports no torch (validation reads the registry); torch, timm and
+torchvision are imported when a norm is built or a model converted.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from pitfalls.models.whitening import DBN, SWBN, IterNorm
-
-
-class EvalModeBatchNorm2d(nn.BatchNorm2d):
-    """BN that always normalizes with its running statistics, also in train mode.
-
-    The affine (weight, bias) still trains; the statistics never update. This is the papers'
-    `--bn_off` setting (`batch_eval`): no batch statistics, so no leakage between frames.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=False, momentum=0.0, eps=self.eps)
-
-
-class NormAct(nn.Module):
-    """A replacement norm followed by the dropout and activation its fused original carried."""
-
-    def __init__(self, norm: nn.Module, drop: nn.Module, act: nn.Module):
-        super().__init__()
-        self.norm, self.drop, self.act = norm, drop, act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(self.norm(x)))
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -50,60 +35,124 @@ class NormOptions:
     whitening_group_size: int = 16  # channels whitened together (iternorm, swbn, dbn)
 
 
-def _group_norm(channels: int, o: NormOptions) -> nn.GroupNorm:
+@dataclass(frozen=True)
+class Norm:
+    name: str
+    build: Callable[[int, NormOptions], "nn.Module"]
+    layers: Callable[[], tuple[type, ...]]  # the exact types `build` (or the conversion) makes
+    batch_dependent: bool
+    running_stats: bool
+    precise_bn: bool = False
+    doc: str = ""
+    same_as: Callable[["nn.Module"], bool] = lambda m: True  # narrows `layers` (instance)
+
+    def is_layer(self, module: "nn.Module") -> bool:
+        """Is `module` a layer of this norm (what converting to it produced)?"""
+        return type(module) in self.layers() and self.same_as(module)
+
+
+def _nn():
+    from torch import nn
+
+    return nn
+
+
+def _layers():
+    from pitfalls.models import norm_layers
+
+    return norm_layers
+
+
+def _timm_layers():
+    import timm.layers
+
+    return timm.layers
+
+
+def _whitening():
+    from pitfalls.models import whitening
+
+    return whitening
+
+
+def _frozen_bn_types() -> tuple[type, ...]:
+    from torchvision.ops.misc import FrozenBatchNorm2d  # the class timm's freeze helpers use
+
+    return FrozenBatchNorm2d, _timm_layers().FrozenBatchNormAct2d
+
+
+def _group_norm(channels: int, o: NormOptions) -> "nn.Module":
     # Rule when channels are not divisible by the requested groups: use gcd(channels, groups),
     # the largest group count <= `groups` that divides both.
-    return nn.GroupNorm(math.gcd(channels, o.groups), channels)
+    return _nn().GroupNorm(math.gcd(channels, o.groups), channels)
 
 
-def _layer_norm(channels: int, o: NormOptions) -> nn.Module:
-    from timm.layers import LayerNorm2d  # channels-only LN over (N, C, H, W), as in ConvNeXt
-
-    return LayerNorm2d(channels)
-
-
-def _frozen_batch(channels: int, o: NormOptions) -> nn.Module:
-    from torchvision.ops.misc import FrozenBatchNorm2d  # the class timm's freeze helpers use
+def _frozen_batch(channels: int, o: NormOptions) -> "nn.Module":
+    from torchvision.ops.misc import FrozenBatchNorm2d
 
     return FrozenBatchNorm2d(channels)
 
 
-NormCtor = Callable[[int, NormOptions], nn.Module]
-
-NORMS: dict[str, NormCtor] = {
-    "batch": lambda c, o: nn.BatchNorm2d(c),
-    "batch_eval": lambda c, o: EvalModeBatchNorm2d(c),
-    "frozen_batch": _frozen_batch,
-    "sync_batch": lambda c, o: nn.SyncBatchNorm(c),  # one process: plain BN (torch falls back)
-    "group": _group_norm,
-    "layer": _layer_norm,
-    "instance": lambda c, o: nn.GroupNorm(c, c),  # per-channel, per-sample: InstanceNorm + affine
-    "none": lambda c, o: nn.Identity(),
-    "iternorm": lambda c, o: IterNorm(c, o.whitening_group_size),
-    "swbn": lambda c, o: SWBN(c, o.whitening_group_size),
-    "dbn": lambda c, o: DBN(c, o.whitening_group_size),
-}
+_REGISTRY = [
+    Norm("batch", lambda c, o: _nn().BatchNorm2d(c),
+         lambda: (_nn().BatchNorm2d, _timm_layers().BatchNormAct2d),
+         batch_dependent=True, running_stats=True, precise_bn=True,
+         doc="BatchNorm: batch statistics in training, running statistics in eval"),
+    Norm("batch_eval", lambda c, o: _layers().EvalModeBatchNorm2d(c),
+         lambda: (_layers().EvalModeBatchNorm2d,), batch_dependent=False, running_stats=True,
+         doc="BN that always uses its running statistics; the affine trains (the papers' --bn_off)"),
+    Norm("frozen_batch", _frozen_batch, _frozen_bn_types, batch_dependent=False, running_stats=True,
+         doc="FrozenBN: fixed statistics and affine"),
+    Norm("sync_batch", lambda c, o: _nn().SyncBatchNorm(c), lambda: (_nn().SyncBatchNorm,),
+         batch_dependent=True, running_stats=True, precise_bn=True,
+         doc="BN with statistics over all DDP workers (GPUs; one process: plain BN)"),
+    Norm("group", _group_norm, lambda: (_nn().GroupNorm,), batch_dependent=False,
+         running_stats=False, doc="GroupNorm"),
+    Norm("layer", lambda c, o: _timm_layers().LayerNorm2d(c), lambda: (_timm_layers().LayerNorm2d,),
+         batch_dependent=False, running_stats=False, doc="channels-only LayerNorm, as in ConvNeXt"),
+    Norm("instance", lambda c, o: _nn().GroupNorm(c, c), lambda: (_nn().GroupNorm,),
+         batch_dependent=False, running_stats=False, doc="per-channel, per-sample: InstanceNorm + affine",
+         same_as=lambda m: m.num_groups == m.num_channels),
+    Norm("none", lambda c, o: _nn().Identity(), lambda: (), batch_dependent=False,
+         running_stats=False, doc="no normalization"),
+    Norm("iternorm", lambda c, o: _whitening().IterNorm(c, o.whitening_group_size),
+         lambda: (_whitening().IterNorm,), batch_dependent=True, running_stats=True,
+         doc="IterNorm whitening (Newton iterations)"),
+    Norm("swbn", lambda c, o: _whitening().SWBN(c, o.whitening_group_size),
+         lambda: (_whitening().SWBN,), batch_dependent=True, running_stats=True,
+         doc="stochastic whitening BN"),
+    Norm("dbn", lambda c, o: _whitening().DBN(c, o.whitening_group_size),
+         lambda: (_whitening().DBN,), batch_dependent=True, running_stats=True,
+         doc="decorrelated BN (ZCA)"),
+]
+NORMS: dict[str, Norm] = {n.name: n for n in _REGISTRY}
 NORM_NAMES = tuple(NORMS)
-WHITENING = frozenset({"iternorm", "swbn", "dbn"})
 # Norms whose train-mode output for one sample depends on the other samples of the batch.
-BATCH_DEPENDENT = frozenset({"batch", "sync_batch"}) | WHITENING
+BATCH_DEPENDENT = frozenset(n.name for n in _REGISTRY if n.batch_dependent)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion (imports torch when called)
+# ---------------------------------------------------------------------------------------------
 
 
 def _source_types() -> tuple[type, ...]:
-    from timm.layers import LayerNorm2d
+    """What a conversion replaces: every channel norm of timm's CNNs."""
+    nn = _nn()
+    return (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, _timm_layers().LayerNorm2d)
 
-    return (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, LayerNorm2d)
 
-
-def _channels(module: nn.Module) -> int:
+def _channels(module: "nn.Module") -> int:
     for attr in ("num_features", "num_channels"):
         if hasattr(module, attr):
             return int(getattr(module, attr))
     return int(module.normalized_shape[0])  # LayerNorm2d
 
 
-def _copy_state(src: nn.Module, dst: nn.Module) -> None:
+def _copy_state(src: "nn.Module", dst: "nn.Module") -> None:
     """Carry affine and running statistics into the replacement where shapes agree."""
+    import torch
+
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             s, d = getattr(src, name, None), getattr(dst, name, None)
@@ -111,31 +160,26 @@ def _copy_state(src: nn.Module, dst: nn.Module) -> None:
                 d.copy_(s)
 
 
-def _replacement(module: nn.Module, norm: str, options: NormOptions) -> nn.Module:
+def _replacement(module: "nn.Module", norm: str, options: NormOptions) -> "nn.Module":
+    nn = _nn()
     if norm == "frozen_batch" and isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-        from timm.layers import freeze_batch_norm_2d
-
-        return freeze_batch_norm_2d(module)  # BN -> FrozenBN, BatchNormAct2d -> FrozenBatchNormAct2d
-    new = NORMS[norm](_channels(module), options)
+        # BN -> FrozenBN, BatchNormAct2d -> FrozenBatchNormAct2d
+        return _timm_layers().freeze_batch_norm_2d(module)
+    new = NORMS[norm].build(_channels(module), options)
     _copy_state(module, new)
     if isinstance(getattr(module, "act", None), nn.Module):  # a fused norm + activation
-        return NormAct(new, getattr(module, "drop", nn.Identity()), module.act)
+        return _layers().NormAct(new, getattr(module, "drop", nn.Identity()), module.act)
     return new
 
 
-def _already(module: nn.Module, norm: str) -> bool:
-    """Is `module` already exactly the target norm (so converting would only lose state)?"""
-    if norm == "batch":
-        return type(module) is nn.BatchNorm2d or type(module).__name__ == "BatchNormAct2d"
-    return False
-
-
-def convert_norms(module: nn.Module, norm: str, options: NormOptions = NormOptions()) -> nn.Module:
+def convert_norms(module: "nn.Module", norm: str, options: NormOptions = NormOptions()) -> "nn.Module":
     """Replace every channel norm under `module` with `norm`; returns the (new) module."""
     if norm not in NORMS:
         raise ValueError(f"norm {norm!r} is unknown; valid choices: {', '.join(NORM_NAMES)}")
     if isinstance(module, _source_types()):
-        return module if _already(module, norm) else _replacement(module, norm, options)
+        # already exactly the target BN: converting would only lose its state
+        return module if norm == "batch" and NORMS["batch"].is_layer(module) else _replacement(
+            module, norm, options)
     for name, child in module.named_children():
         new_child = convert_norms(child, norm, options)
         if new_child is not child:
@@ -143,31 +187,20 @@ def convert_norms(module: nn.Module, norm: str, options: NormOptions = NormOptio
     return module
 
 
-def _is_target(m: nn.Module, norm: str) -> bool:
-    from timm.layers import FrozenBatchNormAct2d, LayerNorm2d
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
-    t = type(m)
-    return {
-        "batch": t is nn.BatchNorm2d or t.__name__ == "BatchNormAct2d",
-        "batch_eval": t is EvalModeBatchNorm2d,
-        "frozen_batch": t in (FrozenBatchNorm2d, FrozenBatchNormAct2d),
-        "sync_batch": t is nn.SyncBatchNorm,
-        "group": t is nn.GroupNorm,
-        "instance": t is nn.GroupNorm and m.num_groups == m.num_channels,
-        "layer": t is LayerNorm2d,
-        "none": False,
-        "iternorm": t is IterNorm,
-        "swbn": t is SWBN,
-        "dbn": t is DBN,
-    }[norm]
+def norm_layer_types() -> tuple[type, ...]:
+    """Every normalization layer type the registry or a timm CNN can hold."""
+    known = {t for n in _REGISTRY for t in n.layers()}
+    return (*_source_types(), _nn().LayerNorm, *sorted(known, key=lambda t: t.__qualname__))
 
 
-def stray_norms(module: nn.Module, norm: str) -> list[str]:
+def stray_norms(module: "nn.Module", norm: str) -> list[str]:
     """Names of normalization layers that are not the `norm` conversion's output (want: none)."""
-    from timm.layers import FrozenBatchNormAct2d
-    from torchvision.ops.misc import FrozenBatchNorm2d
+    kinds, target = norm_layer_types(), NORMS[norm]
+    return [n for n, m in module.named_modules() if isinstance(m, kinds) and not target.is_layer(m)]
 
-    kinds = (*_source_types(), nn.LayerNorm, FrozenBatchNorm2d, FrozenBatchNormAct2d, IterNorm,
-             SWBN, DBN)
-    return [n for n, m in module.named_modules() if isinstance(m, kinds) and not _is_target(m, norm)]
+
+def layers_of(module: "nn.Module", predicate: Callable[[Norm], bool]) -> list[tuple[str, "nn.Module"]]:
+    """(name, layer) of every norm layer whose registry entry satisfies `predicate`, e.g. the
+    layers PreciseBN recomputes (`lambda n: n.precise_bn`)."""
+    chosen = [n for n in _REGISTRY if predicate(n)]
+    return [(name, m) for name, m in module.named_modules() if any(n.is_layer(m) for n in chosen)]

@@ -30,14 +30,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pitfalls.models.norms import EvalModeBatchNorm2d
+from pitfalls.models.norms import layers_of
 
 
 def batch_stat_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """BN layers whose train-mode output uses batch statistics (what PreciseBN recomputes)."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm))
-            and not isinstance(m, EvalModeBatchNorm2d) and m.track_running_stats]
+    """BN layers whose train-mode output uses batch statistics (what PreciseBN recomputes:
+    the norms the registry marks `precise_bn`)."""
+    return [(n, m) for n, m in layers_of(model, lambda norm: norm.precise_bn)
+            if m.track_running_stats]
 
 
 @torch.no_grad()

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from pitfalls.config.metrics import METRICS, default_metric
 from pitfalls.data.base import Video
+from pitfalls.models.video_model import chunk_bounds, forward_video
 from pitfalls.train.fast import FastPath, frames_layout
 from pitfalls.train.tasks import Task
 
-METRICS = tuple(f"{split}_{name}" for split in ("val", "train")
-                for name in ("err_batchstats", "err_runningstats", "cheat_gap"))
 _STOCHASTIC = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.RNNBase)
 
 
@@ -53,42 +53,31 @@ def batch_statistics(model: nn.Module):
 
 
 def task_error(task: Task, records: list) -> float:
-    summary = task.summarize(records)
-    return 1.0 - summary["val_accuracy"] if task.name == "phase" else summary["val_wMAE"]
+    """The task's error: 1 - its main score where higher is better (phase: accuracy), else the
+    score itself (anticipation: wMAE, minutes)."""
+    metric = default_metric(task.name)
+    value = task.summarize(records)[metric]
+    return 1.0 - value if METRICS[metric].mode == "max" else value
 
 
 @torch.no_grad()
 def chunked_records(model: nn.Module, videos: list[Video], task: Task, seq_len: int,
                     device: torch.device, fast: FastPath, carry_hidden: bool) -> list:
     """Per-video records of the model's outputs on consecutive `seq_len`-frame chunks, one video
-    per forward pass, the LSTM state reset per chunk unless the trial carries it (as in training)."""
+    per forward pass, the head's state reset per chunk unless the trial carries it (as in training)."""
     records = []
     for video in videos:
-        state, outputs = None, []
-        for start, stop in chunks(len(video), seq_len):
-            x = frames_layout(_input(video, start, stop, device), fast)
-            with fast.autocast():
-                out, new_state = model(x, state)
-            state = new_state if carry_hidden else None
-            outputs.append(out.float()[0].cpu().numpy())
+        outputs = [out[0].cpu().numpy() for _, _, out in forward_video(
+            model, video.frames, chunks(len(video), seq_len), device, carry_state=carry_hidden,
+            prepare=lambda x: frames_layout(x, fast), autocast=fast.autocast)]
         records.append(task.video_record(np.concatenate(outputs), video))
     return records
 
 
 def chunks(frames: int, seq_len: int) -> list[tuple[int, int]]:
-    """[start, stop) of consecutive chunks of `seq_len` frames; a 1-frame remainder joins the
-    chunk before it (BN in train mode needs more than one value per channel)."""
-    size = max(seq_len, 2)
-    bounds = [(a, min(a + size, frames)) for a in range(0, frames, size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
-        bounds[-2:] = [(bounds[-2][0], frames)]
-    return bounds
-
-
-def _input(video: Video, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    from pitfalls.train.loop import to_input
-
-    return to_input(np.asarray(video.frames[start:stop])[None], device)
+    """[start, stop) of consecutive training-length chunks (at least 2 frames: BN in train mode
+    needs more than one value per channel)."""
+    return chunk_bounds(frames, max(seq_len, 2), merge_single=True)
 
 
 def cheat_gap_records(model: nn.Module, videos: list[Video], task: Task, seq_len: int,

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from pitfalls.config import PerformanceSpec
+from pitfalls.models.temporal import Lanes, State
 
-State = tuple[torch.Tensor, torch.Tensor]
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -98,15 +98,18 @@ def frames_layout(x: torch.Tensor, fast: FastPath) -> torch.Tensor:
 
 class Stepper:
     """One optimizer step: micro-batches of lanes under autocast, loss scaling for fp16,
-    gradients reduced once per step under DDP."""
+    gradients reduced once per step under DDP. The head's state is split into micro-batches and
+    joined again through the head's `lanes`, never unpacked."""
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, fast: FastPath):
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, fast: FastPath,
+                 lanes: Lanes | None = None):
         self.net, self.optimizer, self.loss_fn, self.fast = net, optimizer, loss_fn, fast
+        self.lanes = lanes or getattr(net, "module", net).head.lanes
         self.scaler = torch.amp.GradScaler(fast.device_type, enabled=fast.precision == "fp16")
 
     def step(self, x: torch.Tensor, labels: tuple[torch.Tensor, ...],
              state: State | None) -> tuple[torch.Tensor, State]:
-        """Train on a batch of B lanes; returns the detached loss and the new LSTM state."""
+        """Train on a batch of B lanes; returns the detached loss and the head's new state."""
         k = self.fast.grad_accumulation
         b = x.shape[0]
         if b % k:
@@ -118,7 +121,7 @@ class Stepper:
         states = []
         for i in range(k):
             part = slice(i * m, (i + 1) * m)
-            sub_state = None if state is None else (state[0][:, part], state[1][:, part])
+            sub_state = self.lanes.select(state, part)
             sync = i == k - 1 or not hasattr(self.net, "no_sync")
             with (nullcontext() if sync else self.net.no_sync()), self.fast.autocast():
                 output, new_state = self.net(frames_layout(x[part], self.fast), sub_state)
@@ -128,5 +131,4 @@ class Stepper:
             states.append(new_state)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        new = (torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1))
-        return total, new
+        return total, self.lanes.join(states)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-PHASE_METRICS = ("accuracy", "precision", "recall", "f1", "jaccard")
+from pitfalls.config.metrics import names
+
+PHASE_METRICS = names("phase")  # accuracy, precision, recall, f1, jaccard (the metric registry)
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
@@ -75,6 +77,3 @@ def summarize_phase(per_video: list[dict[str, float]], prefix: str = "val_") -> 
         if name == "accuracy":
             out[prefix + "accuracy_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return out
-
-
-# Compatibility with the (accuracy, F1)-tuple API that older callers use.

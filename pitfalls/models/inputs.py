@@ -1,0 +1,38 @@
+"""Batches as the network takes them: the picked sequences stacked on the host, then uint8
+(..., H, W, 3) -> float (..., 3, H, W) on the device. The one conversion every path uses
+(training, evaluation, probes, the planner, benchmarks, the reproduction's pretraining)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def to_input(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1] on `device` (converted there)."""
+    x = torch.from_numpy(frames)
+    if device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
+    return x.movedim(-1, -3).float().div_(127.5).sub_(1.0)
+
+
+def batch_arrays(videos, picks: list[tuple[int, int]], seq_len: int,
+                 labels: Callable[[Any], tuple[np.ndarray, ...]] = lambda v: (v.phases,)
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Host arrays of the picked sequences ((video index, start frame) each): frames
+    (B, T, H, W, 3) uint8 and each of `labels(video)`'s per-frame arrays as (B, T, ...)."""
+    frames = np.stack([np.asarray(videos[v].frames[s:s + seq_len]) for v, s in picks])
+    per_label = zip(*(labels(videos[v]) for v, _ in picks))
+    return frames, tuple(np.stack([lab[s:s + seq_len] for lab, (_, s) in zip(per_video, picks)])
+                         for per_video in per_label)
+
+
+def make_batch(videos, picks: list[tuple[int, int]], seq_len: int, device: torch.device,
+               labels: Callable[[Any], tuple[np.ndarray, ...]] = lambda v: (v.phases,)
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Frames (B, T, 3, H, W) and per-frame labels (each (B, T, ...)) on `device`."""
+    frames, host_labels = batch_arrays(videos, picks, seq_len, labels)
+    return to_input(frames, device), tuple(torch.from_numpy(y).to(device) for y in host_labels)
