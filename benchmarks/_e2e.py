@@ -12,20 +12,21 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pitfalls.config import PerformanceSpec  # noqa: E402
-from pitfalls.models import build_model  # noqa: E402
-from pitfalls.train.fast import Stepper, prepare_model, resolve  # noqa: E402
-from pitfalls.train.loop import to_input  # noqa: E402
-from pitfalls.train.tasks import PhaseTask  # noqa: E402
+from pitfalls.config import PerformanceSpec
+from pitfalls.models.heads import LSTMHead
+from pitfalls.models.inputs import to_input
+from pitfalls.models.video_model import build_model
+from pitfalls.train.fast import Stepper, prepare_model, resolve
+from pitfalls.train.tasks import PhaseTask
 
 NUM_CLASSES = 7  # Cholec80's phases
 # The paper's setting (GPU): ResNet-50 with GroupNorm, 384x216 frames, sequences of 64, LSTM 512.
@@ -100,12 +101,18 @@ def host_frames(args: argparse.Namespace, seed: int = 0) -> tuple[torch.Tensor, 
     return torch.from_numpy(frames), labels
 
 
+def paper_model(args: argparse.Namespace):
+    """The backbone + causal LSTM of `args` (the papers' CNN-LSTM), randomly initialized."""
+    return build_model(backbone=args.backbone, norm=args.norm, frozen_stages=0,
+                       num_classes=NUM_CLASSES, head_options=LSTMHead(hidden_size=args.hidden))
+
+
 def platform_step(args: argparse.Namespace) -> Callable[[], None]:
     """The platform's training step exactly as a trial runs it (`Stepper`, resolved fast path)."""
     device = torch.device(args.device)
     fast = resolve(PerformanceSpec(precision=args.precision, compile=args.compile), device)
     torch.manual_seed(0)
-    model = build_model(args.backbone, args.norm, 0, NUM_CLASSES, args.hidden).to(device)
+    model = paper_model(args).to(device)
     model = prepare_model(model, fast)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     stepper = Stepper(model, optimizer, PhaseTask(NUM_CLASSES).loss, fast)

@@ -19,7 +19,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from pitfalls.results.report import Analysis, comparison_data, comparison_markdown
+from pitfalls.results.analysis import Analysis, comparison_data
+from pitfalls.results.render_md import comparison_markdown
 from pitfalls.results.schema import SCHEMA
 
 LEVELS = {"norm": ["batch", "group", "layer", "iternorm"], "frozen_stages": [0, 1, 2],

@@ -19,16 +19,14 @@ avoids. Ratios are medians of alternating rounds in one run.
 from __future__ import annotations
 
 import torch
-
-from _e2e import NUM_CLASSES, header, host_frames, measure, parser, platform_step, settle, table
-from pitfalls.models import build_model
+from _e2e import header, host_frames, measure, paper_model, parser, platform_step, settle, table
 
 
 def reference_step(args):
     """The papers' loop: fp32 NCHW, host-side float conversion, a sync every step."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_model(args.backbone, args.norm, 0, NUM_CLASSES, args.hidden).to(device)
+    model = paper_model(args).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     loss_fn = torch.nn.CrossEntropyLoss()
     frames, labels = host_frames(args)

@@ -18,8 +18,7 @@ Target: platform >= 0.9x timm. Ratios are medians of alternating rounds in one r
 from __future__ import annotations
 
 import torch
-
-from _e2e import (NUM_CLASSES, header, measure, parser, platform_step, settle, table)
+from _e2e import NUM_CLASSES, header, measure, parser, platform_step, settle, table
 
 
 def timm_step(args, fast):

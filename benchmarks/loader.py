@@ -122,14 +122,11 @@ def decode_per_core(paths: list[Path], size: tuple[int, int], seconds: float) ->
 
 def make_batch(videos: list, picks: list[tuple[int, int]], seq_len: int, device):
     """What the training loop does per step: slice each sequence (a memmap view or a FileFrames
-    decode), stack into one contiguous array, convert with the loop's `to_input`."""
-    import torch
+    decode), stack into one contiguous array, convert to the network's input on `device`."""
+    from pitfalls.models.inputs import make_batch as batch
 
-    from pitfalls.train.loop import to_input
-
-    frames = np.stack([np.asarray(videos[v].frames[s:s + seq_len]) for v, s in picks])
-    labels = np.stack([videos[v].phases[s:s + seq_len] for v, s in picks])
-    return to_input(frames, device), torch.from_numpy(labels).to(device)
+    x, (labels,) = batch(videos, picks, seq_len, device)
+    return x, labels
 
 
 def batches_per_s(videos: list, seq_len: int, videos_per_batch: int, seconds: float,
@@ -187,7 +184,8 @@ def training_frames_per_s(videos: list, args: argparse.Namespace, device) -> tup
     from pitfalls.models.video_model import build_model
 
     torch.manual_seed(0)
-    model = build_model(args.backbone, args.norm, 0, NUM_PHASES).to(device)
+    model = build_model(backbone=args.backbone, norm=args.norm, frozen_stages=0,
+                        num_classes=NUM_PHASES).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     sampler = SequenceSampler([len(v) for v in videos], args.seq_len, args.videos_per_batch,
                               np.random.default_rng(0))

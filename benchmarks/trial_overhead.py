@@ -140,7 +140,7 @@ def plain_runs(spec) -> dict[int, dict]:
     """`train()` directly in this process for each seed of the study: seed -> figures."""
     import torch
 
-    from pitfalls.config import NUISANCE_FALLBACKS, TrialConfig, TrialParams
+    from pitfalls.config import TrialConfig
     from pitfalls.train import train
 
     torch.set_num_threads(1)
@@ -149,10 +149,11 @@ def plain_runs(spec) -> dict[int, dict]:
         factors.update(factors.pop(name))
     out = {}
     for seed in spec.seeds:
-        params = TrialParams.from_dict({**NUISANCE_FALLBACKS, **factors, "seed": seed})
+        params = spec.trial_params({**factors, "seed": seed})
         reports: list[tuple[float, dict]] = []
         t_call = time.time()
-        train(TrialConfig(spec, params), report=lambda m, out=reports: out.append((time.time(), dict(m))))
+        train(TrialConfig(spec, params),
+              report=lambda m, c, out=reports: out.append((time.time(), dict(m))))
         t_end = time.time()
         t_step1 = reports[0][0] - reports[0][1]["epoch_s"]
         out[seed] = {"call_to_step1": t_step1 - t_call, "wall": t_end - t_call,

@@ -8,7 +8,8 @@ measured in a fresh subprocess, one after another in this one run, so ratios are
 CPU always, and the GPU too when CUDA is present. Peak memory: on CPU the rise of the process's
 peak RSS during the steps above its RSS with the model and input built (activations, gradients
 and workspace; coarse: page-granular and allocator-dependent); on GPU
-`torch.cuda.max_memory_allocated` during the steps above what was allocated before them. Needs torch and timm only (no Ray).
+`torch.cuda.max_memory_allocated` during the steps above what was allocated before them. Needs torch
+and timm only (no Ray).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`pitfalls run | resume | plan | report | probe | data | reproduce`: parse arguments and the study once, then hand over."""
+"""`pitfalls run | resume | plan | report | probe | data | reproduce`: parse arguments and the study
+once, then hand over."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _finish(outcome) -> int:
 
 def _report_source(args: argparse.Namespace):
     """(results table, Analysis, study dir or None) from whichever source was named."""
-    from pitfalls.results.report import analysis_of_study, infer_analysis, load_resolved_study
+    from pitfalls.results.analysis import analysis_of_study, infer_analysis, load_resolved_study
     from pitfalls.results.store import RESULTS_FILE, read_results
 
     if args.mlflow_experiment:
@@ -93,8 +94,10 @@ def _report_source(args: argparse.Namespace):
 def _report(args: argparse.Namespace) -> int:
     import json
 
-    from pitfalls.results.report import (COMPARISON_FILE, combinations_table, comparison_data,
-                                         comparison_markdown)
+    from pitfalls.fileio import atomic_write
+    from pitfalls.results.analysis import combinations_table, comparison_data
+    from pitfalls.results.render_md import comparison_markdown
+    from pitfalls.results.write import COMPARISON_FILE, REPORT_FILE
 
     if not args.source and not args.mlflow_experiment:
         print("error: name a study directory, a results .parquet file, or --mlflow-experiment",
@@ -115,16 +118,16 @@ def _report(args: argparse.Namespace) -> int:
         pyarrow.csv.write_csv(combinations_table(results, analysis), buf)
         sys.stdout.write(buf.getvalue().to_pybytes().decode())
     elif args.format == "html":
-        from pitfalls.results.html import REPORT_FILE, render_html
+        from pitfalls.results.render_html import render_html
 
         path = (study_dir / REPORT_FILE) if study_dir else Path(f"{analysis.name}-{REPORT_FILE}")
-        path.write_text(render_html(results, analysis))
+        atomic_write(path, render_html(results, analysis))
         print(f"report: {path}")
     else:
         text = comparison_markdown(results, analysis)
         print(text)
         if study_dir is not None:
-            (study_dir / COMPARISON_FILE).write_text(text)
+            atomic_write(study_dir / COMPARISON_FILE, text)
             print(f"table: {study_dir / COMPARISON_FILE}")
     return 0
 
@@ -147,7 +150,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from pitfalls.repro import reproduce, render
+    from pitfalls.repro import render, reproduce
     from pitfalls.sweep.driver import StudySetupError
 
     try:
@@ -184,7 +187,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pitfalls.results.schema import METRICS
+    from pitfalls.config.metrics import RESULT_METRICS as METRICS
 
     parser = argparse.ArgumentParser(prog="pitfalls", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

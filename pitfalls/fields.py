@@ -200,12 +200,12 @@ class Tagged:
         return tuple(items) if self.many else value
 
     def __get_pydantic_core_schema__(self, source, handler):
-        from typing import Annotated, Union
+        from typing import Annotated
 
         from pydantic import Field
         from pydantic_core import core_schema
 
-        union = (Annotated[Union[self.members], Field(discriminator=self.tag)]
+        union = (Annotated[self.members, Field(discriminator=self.tag)]
                  if len(self.members) > 1 else self.members[0])
         schema = handler.generate_schema(tuple[union, ...] if self.many else union)
         default = getattr(self.members[0], self.tag)
@@ -235,11 +235,17 @@ def _frozen(value: Any) -> Any:
 @dataclass(frozen=True)
 class Problem:
     """One problem a config object finds in itself: `path` relative to the object
-    (`max_phase_frames`, `shared_looks[2]`), the bad value, and why (see `problems()` methods)."""
+    (`max_phase_frames`, `shared_looks[2]`), the bad value, and why (see `problems()` methods).
+    `uses` names the other fields the check read: when one of them is itself invalid, the
+    problem is not reported (it would rest on that field's default)."""
 
     path: str
     value: Any
     why: str
+    uses: tuple[str, ...] = ()
+
+    def fields(self) -> set[str]:
+        return {self.path.split(".")[0].split("[")[0], *self.uses}
 
 
 def one_of(*values: Any, what: str = "", message: str = "") -> Choice:

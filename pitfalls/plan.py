@@ -7,7 +7,8 @@ frames per step (everything that grows with a step's frames, activations and the
 grows linearly in them; weights, gradients and AdamW's moments do not). From that line:
 each configuration's peak memory and whether it fits `--gpu-memory`, the compute per trial
 (epochs x steps x step time, plus PreciseBN's extra forward passes for BN models that use it and
-the evaluation of the validation frames when the data is here) and in total, and per frozen depth the longest sequence that fits.
+the evaluation of the validation frames when the data is here) and in total, and per frozen
+depth the longest sequence that fits.
 
 Peak memory is what the framework allocates (torch's allocator on CUDA; on a CPU, the
 allocations torch's profiler records per op), not what the process holds.
@@ -20,17 +21,20 @@ import itertools
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
-from pitfalls.config import StudySpec, study_precise_bn_batches
+from pitfalls.config import PARAMS, StudySpec, study_precise_bn_batches
+from pitfalls.config.params import DEFAULTS
+from pitfalls.markdown import table
+from pitfalls.models.inputs import to_input
+from pitfalls.models.norms import NormOptions
 from pitfalls.models.precise_bn import batch_stat_layers
 from pitfalls.models.video_model import build_model
 from pitfalls.train.fast import FastPath, Stepper, prepare_model, resolve
-from pitfalls.train.loop import to_input
 from pitfalls.train.tasks import PhaseTask
 
 FIRST_PROBE = 2  # frames per step of the first measured point (BN needs 2)
@@ -40,13 +44,24 @@ DEFAULT_GPU_GB = 80.0  # an H100's memory, when no GPU is present to ask
 GiB = 2**30
 
 
+# The parameters that shape the model (what the planner measures once per distinct value).
+MODEL_PARAMS = tuple(n for n, p in PARAMS.items() if p.target == "model")
+
+
+def shape_params(spec: StudySpec) -> tuple[str, ...]:
+    """The model parameters a shape is told apart by: norm and frozen depth always, the others
+    (backbone, temporal head) when the study varies them."""
+    varied = spec.search_space.param_values()
+    return tuple(n for n in MODEL_PARAMS
+                 if n in ("norm", "frozen_stages") or len(varied.get(n, ())) > 1)
+
+
 @dataclass(frozen=True)
 class ShapeCost:
     """Cost of one model shape in the frames per step: memory is flat (weights, gradients and
     optimizer state dominate) up to `knee_frames`, then a line; time is a line."""
 
-    norm: str
-    frozen_stages: int
+    model: dict  # the model parameters of this shape
     knee_frames: int
     knee_bytes: float
     fixed_bytes: float
@@ -88,7 +103,7 @@ class StudyPlan:
     fast: FastPath
     budget_bytes: float
     budget_source: str
-    shapes: dict[tuple[str, int], ShapeCost]
+    shapes: dict[tuple, ShapeCost]  # by the values of `shape_params(spec)`
     configs: list[ConfigPlan] = field(default_factory=list)
     val_frames: int | None = None
     measure_s: float = 0.0
@@ -124,13 +139,11 @@ def num_outputs(spec: StudySpec) -> int:
 def configurations(spec: StudySpec) -> list[dict]:
     """Every distinct combination of the factors (seeds and nuisance values cost the same), as
     trial parameters: a linked factor's level sets its parameters together."""
-    from pitfalls.config import PARAM_DEFAULTS
-
     space = spec.search_space
     linked = space.linked
     axes = [[level if name in linked else {name: level} for level in levels]
             for name, levels in space.factors]
-    defaults = {k: v for k, v in PARAM_DEFAULTS.items() if k not in space.param_values()}
+    defaults = {k: spec.param_default(k) for k in DEFAULTS if k not in space.param_values()}
     return [{k: v for part in parts for k, v in part.items()} | defaults
             for parts in itertools.product(*axes)]
 
@@ -182,12 +195,16 @@ class _Trainer:
     """One model shape, ready to take training steps of any number of frames."""
 
     def __init__(self, spec: StudySpec, norm: str, frozen: int, device: torch.device,
-                 fast: FastPath, hw: tuple[int, int] | None = None):
+                 fast: FastPath, hw: tuple[int, int] | None = None, **model: str):
         torch.manual_seed(0)
         self.device, self.fast = device, fast
         outputs = num_outputs(spec)
-        model = build_model(spec.model.backbone, norm, frozen, outputs, spec.model.hidden_size,
-                            spec.model.group_norm_groups, None, spec.model.whitening_group_size)
+        params = {n: spec.param_default(n) for n in MODEL_PARAMS if n in DEFAULTS}
+        params.update(model, norm=norm, frozen_stages=frozen)
+        model = build_model(**params, num_classes=outputs,
+                            head_options=spec.model.head_options(params["temporal_head"]),
+                            norm_options=NormOptions(spec.model.group_norm_groups,
+                                                     spec.model.whitening_group_size))
         self.model = prepare_model(model.to(device), fast)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -278,7 +295,7 @@ def probe_shape(spec: StudySpec, device: torch.device) -> tuple[tuple[int, int],
     return (ph, pw), (h * w) / (ph * pw)
 
 
-def measure_shape(spec: StudySpec, norm: str, frozen: int, device: torch.device,
+def measure_shape(spec: StudySpec, model: dict, device: torch.device,
                   fast: FastPath, max_frames: int) -> ShapeCost:
     """Fit the memory and time lines of one model shape from a few measured steps.
 
@@ -289,7 +306,8 @@ def measure_shape(spec: StudySpec, norm: str, frozen: int, device: torch.device,
     their largest at once: an upper bound) on top of weights and optimizer state.
     """
     (h, w), scale = probe_shape(spec, device)
-    trainer = _Trainer(spec, norm, frozen, device, fast, (h, w))
+    others = {k: v for k, v in model.items() if k not in ("norm", "frozen_stages")}
+    trainer = _Trainer(spec, model["norm"], model["frozen_stages"], device, fast, (h, w), **others)
     a = FIRST_PROBE
     flat, _ = trainer.peak(a)
     saved = {n: trainer.saved_bytes(n) for n in (a, 2 * a)}
@@ -318,7 +336,7 @@ def measure_shape(spec: StudySpec, norm: str, frozen: int, device: torch.device,
         fixed_s = max(t_hi - s_per_frame * PROBE_CAP, 0.0)
     evals = trainer.seconds(lo, evaluate=True, budget_s=0.0) / lo
     # measured on smaller frames: what grows with a frame grows with its pixels
-    return ShapeCost(norm, frozen, a, flat, fixed, per_frame * scale, fixed_s,
+    return ShapeCost(dict(model), a, flat, fixed, per_frame * scale, fixed_s,
                      s_per_frame * scale, evals * scale, bool(batch_stat_layers(trainer.model)))
 
 
@@ -343,7 +361,7 @@ def _val_frames(spec: StudySpec) -> int | None:
         from pitfalls.data.load import load_data
 
         return sum(len(v) for v in load_data(spec.dataset).val)
-    except Exception:  # noqa: BLE001 - planning a study whose data lives elsewhere
+    except Exception:
         return None
 
 
@@ -379,16 +397,21 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
     def frames_in_memory(c: dict) -> int:  # one micro-batch of this worker's share
         return max(c["videos_per_batch"] // workers // k, 1) * c["seq_len"]
 
+    keys = shape_params(spec)
+
+    def shape(c: dict) -> tuple:
+        return tuple(c[k] for k in keys)
+
     costs = {}
-    for shape in sorted({(c["norm"], c["frozen_stages"]) for c in configs}):
-        largest = max(frames_in_memory(c) for c in configs
-                      if (c["norm"], c["frozen_stages"]) == shape)
-        costs[shape] = measure_shape(spec, shape[0], shape[1], device, fast, largest)
+    for key in sorted({shape(c) for c in configs}):
+        largest = max(frames_in_memory(c) for c in configs if shape(c) == key)
+        model = {k: c[k] for c in configs if shape(c) == key for k in MODEL_PARAMS}
+        costs[key] = measure_shape(spec, model, device, fast, largest)
     plan = StudyPlan(spec, device.type, fast, budget, source, costs, val_frames=_val_frames(spec),
                      measure_s=time.perf_counter() - t0)
     budget_spec = spec.budget
     for c in configs:
-        cost = costs[(c["norm"], c["frozen_stages"])]
+        cost = costs[shape(c)]
         frames = frames_in_memory(c)
         step_s = k * cost.step_s(frames)
         eval_s = cost.eval_s_per_frame * plan.val_frames if plan.val_frames else 0.0
@@ -412,10 +435,11 @@ def _duration(s: float) -> str:
 def render(plan: StudyPlan) -> str:
     spec = plan.spec
     varied = spec.search_space.varied_params or ["norm"]
+    backbones = sorted({c.params["backbone"] for c in plan.configs}) or [spec.model.backbone]
     lines = [
         f"plan: {spec.name}: {spec.num_trials} trials ({spec.searcher.type}), "
         f"{len(plan.configs)} configuration(s), {len(plan.shapes)} model shape(s) of "
-        f"{spec.model.backbone} measured on {plan.device} in {plan.measure_s:.1f} s",
+        f"{', '.join(backbones)} measured on {plan.device} in {plan.measure_s:.1f} s",
         f"fast path on {plan.device}: {plan.fast.precision}, channels_last="
         f"{plan.fast.channels_last}, grad_accumulation={plan.fast.grad_accumulation}, "
         f"activation_checkpointing={plan.fast.activation_checkpointing}; frames "
@@ -424,13 +448,11 @@ def render(plan: StudyPlan) -> str:
         "",
     ]
     cols = varied + [c for c in ("seq_len", "videos_per_batch") if c not in varied]
-    lines.append(f"| {' | '.join(cols)} | frames in memory | peak train memory | fits | s/step "
-                 "| compute/trial |")
-    lines.append("|" + "---|" * (len(cols) + 5))
-    for c in plan.configs:
-        cells = [str(c.params[n]) for n in cols]
-        lines.append(f"| {' | '.join(cells)} | {c.frames_per_micro_step} | {_mib(c.peak_bytes)} | "
-                     f"{'yes' if c.fits else 'NO'} | {c.step_s:.3f} | {_duration(c.trial_s)} |")
+    lines.append(table([*cols, "frames in memory", "peak train memory", "fits", "s/step",
+                        "compute/trial"],
+                       [[*(c.params[n] for n in cols), c.frames_per_micro_step, _mib(c.peak_bytes),
+                         "yes" if c.fits else "NO", f"{c.step_s:.3f}", _duration(c.trial_s)]
+                        for c in plan.configs]).rstrip("\n"))
     per_trial = plan.total_s / max(spec.num_trials, 1)
     evaluation = (f"evaluation of {plan.val_frames} validation frames per epoch included"
                   if plan.val_frames else "evaluation not included: the data is not on this machine")
@@ -441,12 +463,10 @@ def render(plan: StudyPlan) -> str:
                   f"{_duration(plan.total_s)} for all {spec.num_trials} trials ({evaluation}); "
                   "divide by the trials that run at once"]
     lanes = sorted({c.params["videos_per_batch"] for c in plan.configs})
+    k, workers = spec.performance.grad_accumulation, spec.resources.workers
     lines += ["", f"longest sequence that fits {_mib(plan.budget_bytes)} "
                   f"(per worker, per micro-batch of {plan.fast.grad_accumulation}):",
-              f"| norm | frozen_stages | {' | '.join(f'videos_per_batch={v}' for v in lanes)} |",
-              "|" + "---|" * (2 + len(lanes))]
-    k, workers = spec.performance.grad_accumulation, spec.resources.workers
-    for (norm, frozen), cost in sorted(plan.shapes.items()):
-        longest = [str(cost.longest(plan.budget_bytes, max(v // workers // k, 1))) for v in lanes]
-        lines.append(f"| {norm} | {frozen} | {' | '.join(longest)} |")
+              table([*shape_params(spec), *(f"videos_per_batch={v}" for v in lanes)],
+                    [[*key, *(cost.longest(plan.budget_bytes, max(v // workers // k, 1)) for v in lanes)]
+                     for key, cost in sorted(plan.shapes.items())]).rstrip("\n")]
     return "\n".join(lines)

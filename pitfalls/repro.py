@@ -6,7 +6,8 @@ order, only the compared factor differs. Per comparison: the mean difference, it
 the paired t-test and Wilcoxon signed-rank p-values, Holm-adjusted over the reproduction's
 primary comparisons (secondary ones are reported unadjusted). A finding holds when each of its
 primary comparisons points the paper's way with a 95% interval that excludes 0 and a
-Holm-adjusted t-test p below 0.05 (and, for F2 and F3, the probe and memory checks listed with it). Nothing here knows what the numbers should be.
+Holm-adjusted t-test p below 0.05 (and, for F2 and F3, the probe and memory checks listed with
+it). Nothing here knows what the numbers should be.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import TextIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pitfalls.fileio import atomic_write
+from pitfalls.markdown import table
+from pitfalls.probes.registry import LEAK_FLAG
 from pitfalls.results.stats import _compare, holm
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies" / "repro"
@@ -120,7 +124,7 @@ def probe_check(results: pa.Table) -> dict:
     GN's cheat gap is exactly 0 (no batch statistics at all)."""
     def flags(norm: str) -> list[float]:
         t = results.filter(pc.equal(results["norm"], norm))
-        return [v for v in t["probe_leak_train"].to_pylist() if v is not None]
+        return [v for v in t[LEAK_FLAG].to_pylist() if v is not None]
 
     bn, gn = flags("batch"), flags("group")
     gn_gaps = [v for v in results.filter(pc.equal(results["norm"], "group"))["final_train_cheat_gap"]
@@ -146,7 +150,7 @@ def memory_check(spec, device=None) -> dict:
     peak = {(c.params["frozen_stages"], c.params["seq_len"]): c.peak_bytes for c in plan.configs}
     mib = {k: v / 2**20 for k, v in peak.items()}
     ok = peak[frozen_long] <= peak[short] < peak[unfrozen_long]
-    name = lambda k: f"frozen {k[0]} @ {k[1]}"  # noqa: E731
+    name = lambda k: f"frozen {k[0]} @ {k[1]}"
     return {"finding": "F3", "check": f"peak training memory: {name(frozen_long)} frames <= "
                                       f"{name(short)} < {name(unfrozen_long)} (pitfalls plan)",
             "observed": ", ".join(f"{name(k)}: {m:.1f} MiB" for k, m in sorted(mib.items())),
@@ -252,10 +256,10 @@ def reproduce(out_dir: Path, *, address: str | None = None, tracking_uri: str | 
         parts = [r["holds"] for r in rep.comparisons if r["finding"] == finding and r["primary"]]
         parts += [c["holds"] for c in rep.checks if c["finding"] == finding]
         rep.verdicts[finding] = bool(parts) and all(parts)
-    (out_dir / "reproduction.json").write_text(json.dumps(
+    atomic_write(out_dir / "reproduction.json", json.dumps(
         {"comparisons": rep.comparisons, "checks": rep.checks, "verdicts": rep.verdicts,
          "wall_s": rep.wall_s, "machine": rep.machine}, indent=2, default=str))
-    (out_dir / "reproduction.md").write_text(render(rep))
+    atomic_write(out_dir / "reproduction.md", render(rep))
     return rep
 
 
@@ -270,23 +274,21 @@ def _config(d: dict) -> str:
 def render(rep: Reproduction) -> str:
     lines = ["# Reproduction of the papers' findings on synthetic video", "",
              f"Machine: {rep.machine}.", "",
-             "| finding | holds |", "|---|---|"]
-    lines += [f"| {f}: {FINDINGS[f]} | {'yes' if rep.verdicts.get(f) else 'NO'} |" for f in FINDINGS]
+             table(["finding", "holds"], [[f"{f}: {FINDINGS[f]}", "yes" if rep.verdicts.get(f) else "NO"]
+                                          for f in FINDINGS]).rstrip("\n")]
     lines += ["", "Paired by seed (effect = second configuration − first; 95% t interval; p: paired "
               "t-test and Wilcoxon signed-rank, Holm-adjusted over the primary rows; secondary rows "
               "unadjusted and not part of the verdict):", "",
-              "| finding | study | metric | first | second | pairs | effect | 95% interval | d_z "
-              "| p (t) | p (Wilcoxon) | holds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rep.comparisons:
-        lines.append(
-            f"| {r['finding']} | {r['study']} | {r['metric']} | {_config(r['baseline'])} | "
-            f"{_config(r['better'])} | {r['pairs']} | {_num(r['mean_diff'])} | "
-            f"[{_num(r['diff_ci95_low'])}, {_num(r['diff_ci95_high'])}] | {_num(r['d_z'], '.2f')} | "
-            f"{_num(r['p_t_holm'], '.2g')} | {_num(r['p_wilcoxon_holm'], '.2g')} | "
-            f"{('yes' if r['holds'] else 'no') if r['primary'] else '(secondary)'} |")
-    lines += ["", "| finding | check | observed | holds |", "|---|---|---|---|"]
-    lines += [f"| {c['finding']} | {c['check']} | {c['observed']} | {'yes' if c['holds'] else 'no'} |"
-              for c in rep.checks]
+              table(["finding", "study", "metric", "first", "second", "pairs", "effect",
+                     "95% interval", "d_z", "p (t)", "p (Wilcoxon)", "holds"], [
+                  [r["finding"], r["study"], r["metric"], _config(r["baseline"]), _config(r["better"]),
+                   r["pairs"], _num(r["mean_diff"]),
+                   f"[{_num(r['diff_ci95_low'])}, {_num(r['diff_ci95_high'])}]", _num(r["d_z"], ".2f"),
+                   _num(r["p_t_holm"], ".2g"), _num(r["p_wilcoxon_holm"], ".2g"),
+                   ("yes" if r["holds"] else "no") if r["primary"] else "(secondary)"]
+                  for r in rep.comparisons]).rstrip("\n")]
+    lines += ["", table(["finding", "check", "observed", "holds"],
+                        [[c["finding"], c["check"], c["observed"], "yes" if c["holds"] else "no"]
+                         for c in rep.checks]).rstrip("\n")]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in rep.wall_s.items()), ""]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from pitfalls.data.synthetic import SyntheticOptions, make_videos
 from pitfalls.models.backbone import create_backbone, feature_dim
+from pitfalls.models.inputs import to_input
 
 
 def pretraining_frames(options: SyntheticOptions, looks: int, videos_per_look: int
@@ -45,7 +46,7 @@ def pretrain_backbone(out: Path, backbone: str, options: SyntheticOptions, *, lo
     cnn.train()
     for _ in range(steps):
         idx = rng.choice(len(frames), size=batch, replace=False)
-        x = torch.from_numpy(frames[idx]).movedim(-1, -3).float().div(127.5).sub(1.0)
+        x = to_input(frames[idx], torch.device("cpu"))
         loss = F.cross_entropy(head(cnn(x)), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,6 +3,7 @@ or PostgreSQL backend), a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -82,10 +83,8 @@ class MlflowServer:
         """Stop the server and every process it started (its own process group)."""
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:

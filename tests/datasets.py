@@ -7,8 +7,8 @@ training smoke test) can tell from the pixels which label a frame should have.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

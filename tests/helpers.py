@@ -48,3 +48,21 @@ def grid_rows(values: dict[tuple, float]) -> list[dict]:
 GRID_VALUES = {("batch", 0, 0): 0.50, ("group", 0, 0): 0.61, ("batch", 0, 1): 0.40,
                ("group", 0, 1): 0.55, ("batch", 1, 0): 0.70, ("group", 1, 0): 0.74,
                ("batch", 1, 1): 0.30, ("group", 1, 1): 0.48}
+
+
+def tiny_params(**overrides):
+    """The trial parameters tests train with (tiny_study's first levels), keyword by keyword."""
+    from pitfalls.config import TrialParams
+
+    return TrialParams(**{"norm": "group", "frozen_stages": 1, "seq_len": 4, "videos_per_batch": 2,
+                          "lr": 1e-3, "weight_decay": 1e-4, "seed": 0, **overrides})
+
+
+def lstm_model(norm: str, frozen_stages: int = 0, num_classes: int = 4, hidden_size: int = 8,
+               backbone: str = "test_resnet"):
+    """A small backbone + causal LSTM head."""
+    from pitfalls.models.heads import LSTMHead
+    from pitfalls.models.video_model import build_model
+
+    return build_model(backbone=backbone, norm=norm, frozen_stages=frozen_stages,
+                       num_classes=num_classes, head_options=LSTMHead(hidden_size=hidden_size))

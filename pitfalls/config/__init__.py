@@ -12,14 +12,35 @@ from __future__ import annotations
 from importlib import import_module
 
 from pitfalls.config.metrics import METRICS, default_metric, task_metrics
-from pitfalls.config.params import (CORE_FACTORS, NUISANCE_DEFAULTS, OPTIONAL_FACTORS, PARAMS,
-                                    TrialParams, parse_param)
+from pitfalls.config.params import (
+    CORE_FACTORS,
+    NUISANCE_DEFAULTS,
+    OPTIONAL_FACTORS,
+    PARAMS,
+    TrialParams,
+    parse_param,
+)
 from pitfalls.config.problems import StudyError
-from pitfalls.config.spec import (AugmentSpec, BudgetSpec, DatasetSpec, Distribution,
-                                  EvaluationSpec, FaultToleranceSpec, MetricSpec, ModelSpec,
-                                  PerformanceSpec, ResourceSpec, SearcherSpec, SearchSpace,
-                                  StudySpec, TaskSpec, TrialConfig, level_label,
-                                  precise_bn_batches, study_precise_bn_batches)
+from pitfalls.config.spec import (
+    AugmentSpec,
+    BudgetSpec,
+    DatasetSpec,
+    Distribution,
+    EvaluationSpec,
+    FaultToleranceSpec,
+    MetricSpec,
+    ModelSpec,
+    PerformanceSpec,
+    ResourceSpec,
+    SearcherSpec,
+    SearchSpace,
+    StudySpec,
+    TaskSpec,
+    TrialConfig,
+    level_label,
+    precise_bn_batches,
+    study_precise_bn_batches,
+)
 
 _PARSE = ("load_search_space", "load_study", "name_problem", "parse_search_space", "parse_study",
           "read_yaml")

@@ -10,8 +10,9 @@ from `pitfalls.models.backbone.backbone_info` (a shipped table: no torch) and
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pitfalls.config.problems import Problems, choices
 from pitfalls.config.spec import StudySpec
@@ -85,8 +86,8 @@ def _model_configs(spec: StudySpec) -> Iterator[dict[str, tuple[str, Any]]]:
     axes = []
     for name, levels in space.factors:
         params = linked.get(name, (name,))
-        if not any(k in params for k in keys):
-            continue
+        if not levels or not any(k in params for k in keys):
+            continue  # no valid level (reported already): the other factors are still checked
         axes.append([{q: (f"{_FACTORS}.{name}[{i}]" + (f".{q}" if name in linked else ""),
                           level[q] if name in linked else level)
                       for q in params if q in keys} for i, level in enumerate(levels)])

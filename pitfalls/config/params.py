@@ -18,8 +18,9 @@ Targets: `model` (the model builder), `sampler` (which frames a batch holds), `o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Annotated, Any, Mapping, get_args
+from typing import Annotated, Any, get_args
 
 from pitfalls.fields import Bool, Float, Int, Text, field_types, marker, one_of
 from pitfalls.models.heads import HEAD_NAMES

@@ -15,19 +15,32 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from pitfalls.config.metrics import AFTER_TRAINING_METRICS, MODES, METRICS, default_metric, task_metrics
-from pitfalls.config.params import (ABLATABLE, CORE_FACTORS, NUISANCE_PARAMS, PARAMS, check_level)
-from pitfalls.config.problems import Problems, StudyError, add_validation_error, choices, join
-from pitfalls.config.spec import (TASK_OPTIONS, AugmentSpec, BudgetSpec, Distribution,
-                                  EvaluationSpec, FaultToleranceSpec, MetricSpec, ModelSpec,
-                                  PerformanceSpec, ResourceSpec, SearcherSpec, SearchSpace,
-                                  StudySpec, TaskSpec)
+from pitfalls.config.metrics import AFTER_TRAINING_METRICS, METRICS, MODES, default_metric, task_metrics
+from pitfalls.config.params import ABLATABLE, CORE_FACTORS, NUISANCE_PARAMS, check_level
+from pitfalls.config.problems import Problems, StudyError, add_validation_error, choices
+from pitfalls.config.spec import (
+    TASK_OPTIONS,
+    AugmentSpec,
+    BudgetSpec,
+    Distribution,
+    EvaluationSpec,
+    FaultToleranceSpec,
+    MetricSpec,
+    ModelSpec,
+    PerformanceSpec,
+    ResourceSpec,
+    SearcherSpec,
+    SearchSpace,
+    StudySpec,
+    TaskSpec,
+)
 from pitfalls.data.load import DATASETS, DatasetSpec
 from pitfalls.fields import FORBID_EXTRA, Tagged, field_types
 from pitfalls.models.heads import HEADS
@@ -56,7 +69,7 @@ def name_problem(name: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adapter(tp: Any):
     from pydantic import TypeAdapter
 
@@ -101,17 +114,41 @@ def _mapping(raw: Any, path: str, p: Problems) -> dict | None:
     return raw
 
 
+def _fields(cls: type, raw: dict, path: str, p: Problems) -> tuple[Any, bool]:
+    """`raw` as dataclass `cls` and whether it is valid. When a field is not, the others are
+    still checked together (`cls.problems()`, on the valid fields and the defaults of the
+    others, skipping what rests on an invalid field): a bad field hides nothing else."""
+    before = p.count()
+    obj = _validate(cls, raw, path, p, tags=HEADS, what={"temporal_head": "temporal head"})
+    failed: set[str] = set()
+    if obj is None:
+        good = {}
+        for name, hint in field_types(cls).items():
+            if name in raw:
+                value = _validate(hint, raw[name], path, Problems())
+                if value is None and raw[name] is not None:
+                    failed.add(name)
+                else:
+                    good[name] = value
+        failed |= {k for k in raw if k not in field_types(cls)}
+        obj = cls(**good) if _required(cls) <= set(good) else None
+    if obj is not None and hasattr(obj, "problems"):
+        p.extend([x for x in obj.problems() if not x.fields() & failed], path)
+    return obj, p.count() == before and not failed
+
+
+def _required(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+
 def _section(cls: type, raw: Any, path: str, p: Problems) -> tuple[Any, bool]:
     """(the section's object, whether it is valid); its defaults when it is not."""
     raw = _mapping(raw, path, p)
     if raw is None:
         return cls(), False
-    before = p.count()
-    obj = _validate(cls, raw, path, p, tags=HEADS, what={"temporal_head": "temporal head"})
-    if obj is None:
-        return cls(), False
-    p.extend(obj.problems() if hasattr(obj, "problems") else (), path)
-    return obj, p.count() == before
+    obj, ok = _fields(cls, raw, path, p)
+    return (obj if ok else cls()), ok
 
 
 def _parse_model(raw: Any, p: Problems) -> tuple[ModelSpec, bool]:
@@ -126,17 +163,22 @@ def _parse_model(raw: Any, p: Problems) -> tuple[ModelSpec, bool]:
 
 
 def _parse_dataset(raw: Any, p: Problems) -> tuple[DatasetSpec, bool]:
+    """The dataset, validated as pydantic's discriminated union of the registered datasets'
+    options (by `name`); when it fails, the valid fields are still checked together."""
     raw = _mapping(raw, "dataset", p)
     if raw is None:
         return DatasetSpec(), False
     raw = {"name": "synthetic", **raw}
     before = p.count()
     parsed = _validate(DATASET_UNION, raw, "dataset", p, tags=DATASETS, what={"": "dataset"})
-    if parsed is None:
-        return DatasetSpec(), False
-    spec = DatasetSpec(name=parsed.name, options=parsed.options)
-    p.extend(getattr(spec.options, "problems", lambda: [])(), "dataset.options")
-    return spec, p.count() == before
+    if parsed is not None:
+        spec = DatasetSpec(name=parsed.name, options=parsed.options)
+        p.extend(getattr(spec.options, "problems", list)(), "dataset.options")
+        return spec, p.count() == before
+    options = raw.get("options")
+    if raw["name"] in DATASETS and (options is None or isinstance(options, dict)):
+        _fields(DATASETS[raw["name"]].options, options or {}, "dataset.options", p)
+    return DatasetSpec(), False
 
 
 def _parse_task(raw: Any, p: Problems) -> tuple[TaskSpec, bool]:
@@ -236,7 +278,7 @@ def _linked_levels(levels: list[dict], path: str, p: Problems) -> tuple[list[dic
         if set(level) != set(params):
             p.add(lpath, level, f"must set the same parameters as every level: {', '.join(params)}")
             continue
-        ok = all([_check(q, level[q], f"{lpath}.{q}", p) for q in params])
+        ok = all([_check(q, level[q], f"{lpath}.{q}", p) for q in params])  # noqa: C419 - check all
         key = repr([level[q] for q in params])
         if key in seen:
             p.add(lpath, level, "repeats an earlier level")

@@ -9,7 +9,8 @@ would be valid); the translation imports pydantic only when there is an error to
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, get_args
+from collections.abc import Iterable
+from typing import Any, get_args
 
 from pitfalls.fields import Problem, Tagged, field_types
 

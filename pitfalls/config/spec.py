@@ -11,15 +11,14 @@ This module imports no torch and no pydantic: the training core builds these obj
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 from pitfalls.config.metrics import TASKS
-from pitfalls.config.params import (ABLATABLE, DEFAULTS, NUISANCE_DEFAULTS, STUDY_DEFAULTS,
-                                    TrialParams)
+from pitfalls.config.params import ABLATABLE, DEFAULTS, NUISANCE_DEFAULTS, STUDY_DEFAULTS, TrialParams
 from pitfalls.data.load import DATASETS, DatasetSpec
-from pitfalls.fields import (FORBID_EXTRA, Bool, Float, Int, ListOf, Problem, Tagged, Text,
-                             Texts, one_of)
+from pitfalls.fields import FORBID_EXTRA, Bool, Float, Int, ListOf, Problem, Tagged, Text, Texts, one_of
 from pitfalls.models.heads import HEADS, LSTMHead
 
 
@@ -32,7 +31,8 @@ class TaskSpec:
 
     name: Annotated[str, one_of(*TASKS)] = "phase"
     horizon: Annotated[float, Float(ge=0.001)] = 3.0  # minutes; targets are clipped here and divided by it
-    tools: Annotated[tuple[str, ...], Texts("must be a list of instrument names")] = ()  # () = the dataset's default set
+    # anticipated instruments; () = the dataset's default set
+    tools: Annotated[tuple[str, ...], Texts("must be a list of instrument names")] = ()
 
 
 # The options each task takes besides its name (a study giving another task's option is refused).
@@ -147,7 +147,8 @@ class FaultToleranceSpec:
     __pydantic_config__ = FORBID_EXTRA
 
     trial_retries: Annotated[int, Int(ge=0)] = 1  # Tune: rerun a failed trial from its checkpoint this many times
-    worker_retries: Annotated[int, Int(ge=0)] = 2  # Ray Train: restart a multi-worker trial's worker group (e.g. a node lost)
+    # Ray Train: restart a multi-worker trial's worker group (e.g. a node lost)
+    worker_retries: Annotated[int, Int(ge=0)] = 2
     keep_checkpoints: Annotated[int, Int(ge=1)] = 1  # per trial; a resnet50 + AdamW checkpoint is ~300 MB
 
 
@@ -180,6 +181,9 @@ class Distribution:
     default: Any = None
 
     def problems(self) -> list[Problem]:
+        return [replace(x, uses=_DISTRIBUTION_FIELDS) for x in self._problems()]
+
+    def _problems(self) -> list[Problem]:
         if self.distribution == "choice":
             if not self.choices:
                 return [Problem("choices", list(self.choices), "must be a non-empty list")]
@@ -202,6 +206,9 @@ class Distribution:
             return [Problem("default", self.default,
                             f"must lie in [low, high] = [{self.low:g}, {self.high:g}]")]
         return []
+
+
+_DISTRIBUTION_FIELDS = ("distribution", "low", "high", "choices", "default")
 
 
 def level_label(level: Mapping[str, Any]) -> str:

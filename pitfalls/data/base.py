@@ -9,10 +9,11 @@ three sources are interchangeable and a packed store is never copied into a work
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def needs_root_or_store(options: Any, dataset: str) -> list[Problem]:
     if options.root or options.store:
         return []
     return [Problem("root", None, f"is required for {dataset} (or `store`: a packed store from "
-                                  "`pitfalls data pack`)")]
+                                  "`pitfalls data pack`)", ("store",))]
 
 
 def decode_frame(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:

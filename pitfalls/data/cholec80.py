@@ -27,14 +27,23 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated
 
 import numpy as np
 
-from pitfalls.data.base import (SPLIT_NAMES, DataError, FileFrames, FrameSize, SplitField, Video,
-                                VideoData, needs_root_or_store)
+from pitfalls.data.base import (
+    SPLIT_NAMES,
+    DataError,
+    FileFrames,
+    FrameSize,
+    SplitField,
+    Video,
+    VideoData,
+    needs_root_or_store,
+)
 from pitfalls.data.frames import Problems, missing_frames_message, scan_frames
 from pitfalls.fields import FORBID_EXTRA, Float, Problem, Text
 
@@ -60,7 +69,8 @@ class Cholec80Options:
     __pydantic_config__ = FORBID_EXTRA
 
     root: Annotated[str | None, Text(optional=True)] = None  # frames/, phase_annotations/, tool_annotations/
-    store: Annotated[str | None, Text(optional=True)] = None  # a packed store (`pitfalls data pack`): read instead of decoding
+    # a packed store (`pitfalls data pack`): read instead of decoding
+    store: Annotated[str | None, Text(optional=True)] = None
     split: Annotated[str | tuple, SplitField(int, tuple(SPLITS))] = "40/8/32"
     frame_size: FrameSize = (384, 216)  # (W, H) the frames are resized to
     fps: Annotated[float, Float(ge=0.001)] = 1.0

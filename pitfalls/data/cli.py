@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pitfalls.data.base import DataError, Video, summary
+from pitfalls.fileio import atomic_write
 
 DATASETS = ("cholec80", "frames")
 
@@ -81,7 +82,7 @@ def _text(report: dict) -> str:
                  *(sum(v["phases"][p] for v in videos) for p in phases),
                  *(sum(v["tools"][t] for v in videos) for t in tools)])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).rjust(w) for x, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(str(x).rjust(w) for x, w in zip(r, widths))
     return "\n".join([line(header), *map(line, rows),
                       "", "frames per phase; [tool] = frames with the instrument present"])
 
@@ -120,7 +121,7 @@ def pack(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: rerun the same command to resume ({args.out})", file=sys.stderr)
         return 130
     if splits:
-        (Path(out) / SPLITS_FILE).write_text(json.dumps(splits, indent=1))
+        atomic_write(Path(out) / SPLITS_FILE, json.dumps(splits, indent=1))
     print(f"packed {len(videos)} videos, {total} frames at {args.size[0]}x{args.size[1]} into {out}")
     print(f"use it in a study: dataset: {{name: {args.dataset}, options: {{store: {out}, "
           f"frame_size: [{args.size[0]}, {args.size[1]}], ...}}}}")

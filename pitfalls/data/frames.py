@@ -19,14 +19,24 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any
 
 import numpy as np
 
-from pitfalls.data.base import (IMAGE_SUFFIXES, SPLIT_NAMES, DataError, FileFrames, FrameSize,
-                                SplitField, Video, VideoData, needs_root_or_store)
+from pitfalls.data.base import (
+    IMAGE_SUFFIXES,
+    SPLIT_NAMES,
+    DataError,
+    FileFrames,
+    FrameSize,
+    SplitField,
+    Video,
+    VideoData,
+    needs_root_or_store,
+)
 from pitfalls.fields import FORBID_EXTRA, Float, Problem, Text, Texts
 
 SPLIT_COLUMN = "split"
@@ -76,8 +86,9 @@ _LAST_DIGITS = re.compile(r"(\d+)\D*$")
 
 
 def scan_frames(folder: Path) -> FrameFolder:
-    """Image files of one video folder by frame number; clashes (`5.jpg` + `00000005.png`) are kept to be reported, not silently
-    resolved, and names are handled as strings (pathlib per file costs seconds on Cholec80's 10^5 frames)."""
+    """Image files of one video folder by frame number; clashes (`5.jpg` + `00000005.png`) are
+    kept to be reported, not silently resolved, and names are handled as strings (pathlib per
+    file costs seconds on Cholec80's 10^5 frames)."""
     files: dict[int, str] = {}
     duplicates: dict[int, list[str]] = {}
     with os.scandir(folder) as entries:

@@ -10,10 +10,11 @@ process: a reused Tune trial process loads its dataset once.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pitfalls.data import cholec80, frames
 from pitfalls.data.base import DataError, Video, VideoData

@@ -21,17 +21,24 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections import Counter
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from concurrent.futures import FIRST_COMPLETED
+from collections.abc import Callable, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 from pitfalls.data.base import DataError, FileFrames, Video, decode_frame
+from pitfalls.fileio import atomic_open, atomic_write
 
 FORMAT = "pitfalls-frame-store"
 VERSION = 1
@@ -282,7 +289,7 @@ def _decode_into(frames_path: str, offset: int, paths: Sequence[str], size: tupl
     for i, p in enumerate(paths):
         try:
             block[i] = decode_frame(p, size)
-        except Exception as e:  # noqa: BLE001 - any decoder failure names its file
+        except Exception as e:
             raise RuntimeError(f"{p}: cannot decode: {e}") from None
     fd = os.open(frames_path, os.O_WRONLY)
     try:
@@ -329,19 +336,13 @@ def _write_index(out: Path, videos: Sequence[Video], tool_names: Sequence[str],
     for k, name in enumerate(tool_names):
         columns[TOOL_PREFIX + name] = pa.array(tools[:, k])
     assert len(columns["row"]) == n
-    tmp = out / (INDEX_FILE + ".tmp")
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, out / INDEX_FILE)
+    with atomic_open(out / INDEX_FILE) as f:
+        pq.write_table(pa.table(columns), f)
 
 
 def _write_json(path: Path, data: dict) -> None:
     """Atomic and durable: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1))
 
 
 def _cpu_count() -> int:
@@ -453,43 +454,20 @@ def _read_index(path: Path, meta: dict) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------- progress
 
 
-class _Bar:
-    """Text progress bar: frames, %, frames/s, ETA; redraws at most ~10x/s, newline at the end."""
-
-    def __init__(self, total: int, label: str, stream: Any):
-        self.total, self.label, self.stream = total, label, stream
-        self.start: tuple[float, int] | None = None
-        self.last_draw = -float("inf")
-        self.ended = False
-
-    def __call__(self, done: int, total: int | None = None) -> None:
-        total = self.total if total is None else total
-        now = time.monotonic()
-        if self.start is None:
-            self.start = (now, done)
-        finished = done >= total
-        if self.ended or (not finished and now - self.last_draw < 0.1):
-            return
-        self.last_draw = now
-        elapsed, fresh = now - self.start[0], done - self.start[1]
-        rate = fresh / elapsed if elapsed > 0 and fresh > 0 else 0.0
-        eta = _duration((total - done) / rate) if rate > 0 else "?"
-        frac = done / total if total else 1.0
-        bar = "#" * int(frac * 30)
-        stream = self.stream or sys.stderr
-        stream.write(f"\r{self.label} [{bar:<30}] {done}/{total} frames {100 * frac:5.1f}% "
-                     f"{rate:6.0f} frames/s ETA {eta:>8}")
-        if finished:
-            stream.write("\n")
-            self.ended = True
-        stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def progress_bar(total: int, label: str = "packing", stream: Any = None) -> Progress:
-    """A `progress(frames_done, frames_total)` callback drawing on `stream` (default stderr)."""
-    return _Bar(total, label, stream)
+    """A `progress(frames_done, frames_total)` callback drawing a tqdm bar on `stream` (default
+    stderr): frames, %, frames/s, ETA; it closes (with a newline) when all frames are done."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit=" frames", file=stream or sys.stderr, mininterval=0.1)
+
+    def update(done: int, new_total: int | None = None) -> None:
+        if bar.disable:  # closed
+            return
+        if new_total is not None and new_total != bar.total:
+            bar.total = new_total
+        bar.update(done - bar.n)
+        if done >= bar.total:
+            bar.close()
+
+    return update

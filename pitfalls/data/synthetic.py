@@ -13,7 +13,7 @@ only what happened in between tells them apart, which takes context longer than 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import numpy as np
@@ -37,7 +37,8 @@ class SyntheticOptions:
     frame_size: Annotated[int, Int(ge=16)] = 32
     noise: Annotated[float, Float(ge=0)] = 0.35
     video_shift: Annotated[float, Float(ge=0)] = 1.0  # spread of the per-video gain/offset (camera, patient, lighting)
-    tool_size: Annotated[float, Float(gt=0)] = 0.1  # std of an instrument's blob, in half frame widths (0.3: ~a quarter of the frame)
+    # std of an instrument's blob, in half frame widths (0.3: ~a quarter of the frame)
+    tool_size: Annotated[float, Float(gt=0)] = 0.1
     # (phase, like) pairs, phases numbered from 1 as named (phase1, ...): `phase` is rendered with
     # the look and instrument rates of the earlier phase `like` ([[4, 2]]: phase 4 looks like 2)
     shared_looks: Annotated[tuple, ListOf("must be a list of [phase, like] pairs, e.g. [[4, 2]]")] = ()
@@ -48,11 +49,13 @@ class SyntheticOptions:
         out = []
         if self.max_phase_frames < self.min_phase_frames:
             out.append(Problem("max_phase_frames", self.max_phase_frames,
-                               f"must be >= min_phase_frames ({self.min_phase_frames})"))
+                               f"must be >= min_phase_frames ({self.min_phase_frames})",
+                               ("min_phase_frames",)))
         if self.val_videos >= self.num_videos:
             out.append(Problem("val_videos", self.val_videos, "must leave at least one training "
-                               f"video (num_videos is {self.num_videos})"))
-        return out + _shared_look_problems(self.shared_looks, self.num_phases)
+                               f"video (num_videos is {self.num_videos})", ("num_videos",)))
+        return out + [replace(x, uses=("num_phases",))
+                      for x in _shared_look_problems(self.shared_looks, self.num_phases)]
 
 
 def _shared_look_problems(looks: tuple, num_phases: int) -> list[Problem]:

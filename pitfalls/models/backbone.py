@@ -20,6 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pitfalls.fileio import atomic_write
 from pitfalls.models.norms import NORM_NAMES, convert_norms, stray_norms
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ def _family(name: str) -> str:
     try:
         with torch.device("meta"):
             return type(timm.create_model(name, pretrained=False, num_classes=0)).__name__
-    except Exception as e:  # noqa: BLE001 - recorded as the reason the model cannot be used
+    except Exception as e:
         return f"model that cannot be built ({type(e).__name__})"
 
 
@@ -218,7 +219,7 @@ def measure_support(example: str) -> tuple[str, ...]:
         try:
             x = torch.rand(2, 3, 64, 64)
             out = model.train()(x), model.eval()(x)
-        except Exception:  # noqa: BLE001 - a failed forward means "unsupported", recorded as such
+        except Exception:
             continue
         if all(o.shape == (2, feature_dim(model)) for o in out):
             supported.append(norm)
@@ -241,7 +242,7 @@ def write_backbone_table(path: Path = TABLE_PATH) -> int:
                             "num_features": info.num_features}
         else:  # validation names the family of a model it refuses, without importing timm
             others[name] = info.family if info is not None else _family(name)
-    path.write_text(json.dumps({"timm_version": version("timm"), "families": families,
+    atomic_write(path, json.dumps({"timm_version": version("timm"), "families": families,
                                 "models": models, "other_models": others}, indent=1) + "\n")
     _table.cache_clear()
     backbone_info.cache_clear()
@@ -250,10 +251,10 @@ def write_backbone_table(path: Path = TABLE_PATH) -> int:
 
 def support_markdown() -> str:
     """The (family, norm) support table as Markdown, from the shipped table (docs/norms.md)."""
+    from pitfalls.markdown import table
+
     support = family_support()
-    head = ["family (example)", *NORM_NAMES]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for family, example in FAMILY_EXAMPLES.items():
-        marks = ["yes" if n in support.get(family, ()) else "–" for n in NORM_NAMES]
-        lines.append(f"| {family} (`{example}`) | " + " | ".join(marks) + " |")
-    return "\n".join(lines) + "\n"
+    return table(["family (example)", *NORM_NAMES],
+                 [[f"{family} (`{example}`)", *("yes" if n in support.get(family, ()) else "–"
+                                                for n in NORM_NAMES)]
+                  for family, example in FAMILY_EXAMPLES.items()])

@@ -24,7 +24,7 @@ model's train/eval mode is restored afterwards.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist

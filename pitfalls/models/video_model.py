@@ -3,7 +3,7 @@ one chunked, state-carrying forward pass over a whole video (evaluation, the che
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch

@@ -13,8 +13,8 @@ relative). The default threshold, `RTOL = 1e-4` of the output's scale (max |outp
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 from torch import nn

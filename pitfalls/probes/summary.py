@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from pitfalls.probes.core import (batch_dependence, has_batch_statistics, leakage,
-                                  stale_statistics, train_eval_gap)
+from pitfalls.probes.core import (
+    batch_dependence,
+    has_batch_statistics,
+    leakage,
+    stale_statistics,
+    train_eval_gap,
+)
+from pitfalls.probes.registry import PROBES
 
 
 def probe_model(model: nn.Module, clip: torch.Tensor, labels: torch.Tensor | None,
@@ -44,20 +50,12 @@ def probe_model(model: nn.Module, clip: torch.Tensor, labels: torch.Tensor | Non
         model.train(was_training)
 
 
-ROWS = [
-    ("leakage (train mode)", "probe_leak_train", "probe_leak_change_train", "LEAKS", "clean"),
-    ("leakage (eval mode)", "probe_leak_eval", "probe_leak_change_eval", "LEAKS", "clean"),
-    ("batch dependence (train)", "probe_batch_dependent_train", "probe_batch_change_train",
-     "DEPENDENT", "independent"),
-]
-
-
 def probe_table(results: dict[str, float]) -> str:
     """A plain-text table of `probe_model`'s results."""
     lines = [f"{'probe':<28} {'verdict':<12} value"]
-    for title, flag, value, yes, no in ROWS:
-        lines.append(f"{title:<28} {yes if results[flag] else no:<12} "
-                     f"max |change| of past/own outputs = {results[value]:.3g}")
+    for v in (v for probe in PROBES.values() for v in probe.verdicts):
+        lines.append(f"{v.title:<28} {v.yes if results[v.flag] else v.no:<12} "
+                     f"max |change| of past/own outputs = {results[v.value]:.3g}")
     gap = f"mean |train - eval output| = {results['probe_train_eval_output_gap']:.3g}"
     if "probe_train_eval_accuracy_gap" in results:
         gap += f", accuracy gap = {results['probe_train_eval_accuracy_gap']:+.3f}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pitfalls.config import TRIAL_PARAM_TYPES, parse_param
+from pitfalls.config import PARAMS, parse_param
+from pitfalls.probes.registry import COLUMNS as PROBE_COLUMNS
 from pitfalls.results.schema import METRICS, SCHEMA
 from pitfalls.results.store import trial_row
 
@@ -26,10 +27,9 @@ def results_from_mlflow(experiment: str, tracking_uri: str | None = None) -> pa.
         status = STATUS.get(run.info.status)
         if status is None:
             continue
-        params = {k: parse_param(k, v) for k, v in run.data.params.items()
-                  if k in TRIAL_PARAM_TYPES}
+        params = {k: parse_param(k, v) for k, v in run.data.params.items() if k in PARAMS}
         steps: dict[int, dict] = {}
-        for metric in (*METRICS, *(k for k in run.data.metrics if k.startswith("probe_"))):
+        for metric in (*METRICS, *(k for k in PROBE_COLUMNS if k in run.data.metrics)):
             for m in client.get_metric_history(run.info.run_id, metric):
                 steps.setdefault(m.step, {"epoch": m.step})[metric] = m.value
         history = [steps[s] for s in sorted(steps)]

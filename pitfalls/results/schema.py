@@ -1,35 +1,22 @@
-"""The versioned per-trial result schema (one row per trial), as a pyarrow schema."""
+"""The versioned per-trial result schema (one row per trial), derived from the declarations:
+parameter columns from `TrialParams`, metric columns from the metric registry, probe columns
+from the probe registry. Changing any of them changes the schema: bump `SCHEMA_VERSION` and
+record the new column list's fingerprint (`tests/unit/test_registries.py` says so)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "4"
-# Phase metrics, anticipation metrics (minutes), losses; a task's absent metrics are null.
-METRICS = ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_jaccard",
-           "val_wMAE", "val_inMAE", "val_outMAE", "val_eMAE", "val_loss", "train_loss",
-           # v4: the cheat gap (evaluation.cheat_gap)
-           "val_err_batchstats", "val_err_runningstats", "val_cheat_gap",
-           "train_err_batchstats", "train_err_runningstats", "train_cheat_gap")
-LOWER_IS_BETTER = frozenset({"val_loss", "train_loss", "val_wMAE", "val_inMAE", "val_outMAE",
-                             "val_eMAE", "val_err_batchstats", "val_err_runningstats",
-                             "val_cheat_gap", "train_err_batchstats", "train_err_runningstats",
-                             "train_cheat_gap"})
-# Pitfall probes after the last epoch (study option evaluation.probes); null when not run.
-PROBES = ("probe_leak_train", "probe_leak_change_train", "probe_leak_eval", "probe_leak_change_eval",
-          "probe_batch_dependent_train", "probe_batch_change_train", "probe_train_eval_output_gap",
-          "probe_train_eval_accuracy_gap", "probe_stale_mean_shift", "probe_stale_var_ratio")
-PARAM_FIELDS = [
-    pa.field("norm", pa.string()),
-    pa.field("frozen_stages", pa.int64()),
-    pa.field("seq_len", pa.int64()),
-    pa.field("videos_per_batch", pa.int64()),
-    pa.field("carry_hidden", pa.bool_()),
-    pa.field("precise_bn", pa.bool_()),  # v4; null in older files (it was study-level then)
-    pa.field("lr", pa.float64()),
-    pa.field("weight_decay", pa.float64()),
-    pa.field("seed", pa.int64()),
-]
+from pitfalls.config.metrics import LOWER_IS_BETTER, RESULT_METRICS
+from pitfalls.config.params import PARAMS, TYPES
+from pitfalls.probes.registry import COLUMNS as PROBES
+
+# 5: backbone and temporal_head columns (they became trial parameters); 4: the cheat gap
+# (evaluation.cheat_gap) and precise_bn; 3: anticipation metrics; 2: probe columns.
+SCHEMA_VERSION = "5"
+METRICS = RESULT_METRICS  # phase metrics, anticipation metrics (minutes), losses, the cheat gap
+_ARROW = {str: pa.string(), int: pa.int64(), bool: pa.bool_(), float: pa.float64()}
+PARAM_FIELDS = [pa.field(name, _ARROW[TYPES[name]]) for name in PARAMS]
 SCHEMA = pa.schema(
     [
         pa.field("study", pa.string()),
@@ -49,4 +36,7 @@ SCHEMA = pa.schema(
 )
 PARAM_NAMES = [f.name for f in PARAM_FIELDS]
 # Values of columns added since older versions, where "absent" had a meaning (else null).
-UPGRADE_DEFAULTS = {"carry_hidden": False}
+UPGRADE_DEFAULTS = {n: p.upgrade for n, p in PARAMS.items() if p.upgrade is not None}
+
+__all__ = ["LOWER_IS_BETTER", "METRICS", "PARAM_FIELDS", "PARAM_NAMES", "PROBES", "SCHEMA",
+           "SCHEMA_VERSION", "UPGRADE_DEFAULTS"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pitfalls.results.schema import (LOWER_IS_BETTER, METRICS, PARAM_NAMES, PROBES, SCHEMA,
-                                     UPGRADE_DEFAULTS)
+from pitfalls.fileio import atomic_open
+from pitfalls.results.schema import LOWER_IS_BETTER, METRICS, PARAM_NAMES, PROBES, SCHEMA, UPGRADE_DEFAULTS
 
 RESULTS_FILE = "results.parquet"
 
@@ -35,15 +34,14 @@ def write_results(path: Path, rows: list[dict]) -> None:
     """Write all rows (one per trial id, last wins) atomically: a reader never sees half a file."""
     by_id = {r["trial_id"]: r for r in rows}
     table = pa.Table.from_pylist(list(by_id.values()), schema=SCHEMA)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        pq.write_table(table, f)
 
 
 def read_results(path: Path) -> pa.Table:
     """Read a results file of any schema version as the current schema: columns added since
-    (version 2's probe columns, version 3's metrics) come back as nulls, `carry_hidden` as
-    false (the only behaviour before it existed)."""
+    (version 2's probe columns, version 3's metrics, version 5's backbone) come back as nulls,
+    `carry_hidden` as false (the only behaviour before it existed)."""
     table = pq.read_table(path)
     for field in SCHEMA:
         if field.name not in table.column_names:

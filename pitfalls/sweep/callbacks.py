@@ -12,10 +12,8 @@ from typing import TextIO
 from ray.tune import Callback
 
 from pitfalls.config import StudySpec
-from pitfalls.results.schema import PARAM_NAMES
 from pitfalls.results.store import RESULTS_FILE, trial_row, write_results
 from pitfalls.sweep.storage import StudyStorage, bound
-
 
 
 def _short(config: dict, keys: list[str]) -> str:
@@ -144,11 +142,9 @@ class ResultsRecorder(Callback):
         self._event(trial, [])
         history = [m for _, m in sorted(self.history.get(tid, {}).items())]
         duration = sum(b - a for (t, _), (a, b) in self.spans.items() if t == tid)
-        params = self.spec.search_space.expand(trial.config)  # a linked level: its parameters
-        self.rows[tid] = trial_row(
-            self.spec.name, tid, {k: v for k, v in params.items() if k in PARAM_NAMES},
-            history, status=status, error=error, duration_s=duration,
-            workers=self.spec.resources.workers)
+        params = self.spec.trial_params(trial.config).as_dict()  # a linked level: its parameters
+        self.rows[tid] = trial_row(self.spec.name, tid, params, history, status=status, error=error,
+                                   duration_s=duration, workers=self.spec.resources.workers)
         write_results(self.path, list(self.rows.values()))
         self.storage.push(RESULTS_FILE)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from pitfalls.train.checkpoint import epoch_of
+
 _NAME = re.compile(r"epoch-(\d{6})\.pt$")
 
 
@@ -41,7 +43,7 @@ class CheckpointStore:
         buf = io.BytesIO()
         torch.save(state, buf)
         self.fs.create_dir(self.directory, recursive=True)
-        with self.fs.open_output_stream(self._path(int(state["epoch"]))) as f:
+        with self.fs.open_output_stream(self._path(epoch_of(state))) as f:
             f.write(buf.getvalue())
         for epoch in self.epochs()[:-self.keep]:
             self.fs.delete_file(self._path(epoch))

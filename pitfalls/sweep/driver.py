@@ -25,11 +25,11 @@ from typing import TextIO
 import yaml
 
 from pitfalls.config import StudySpec
+from pitfalls.fileio import atomic_write
 from pitfalls.results import RESULTS_FILE
 from pitfalls.sweep.runtime import quiet_logging
 from pitfalls.sweep.storage import StudyStorage, existing_study_storage, local_storage
-from pitfalls.sweep.tracking import (StudyRun, check_reachable, default_tracking_uri,
-                                     open_study_run)
+from pitfalls.sweep.tracking import StudyRun, check_reachable, default_tracking_uri, open_study_run
 
 TUNE_DIR = "tune"
 CHECKPOINT_DIR = "checkpoints"
@@ -174,8 +174,8 @@ def prepare_study_dir(spec: StudySpec, storage: StudyStorage, tracking_uri: str 
     state = {**run.__dict__, "study": spec.to_dict()}
     if storage.remote:
         state["storage"] = storage.uri  # a working copy leads back to its bucket
-    (study_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
-    (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    atomic_write(study_dir / STATE_FILE, json.dumps(state, indent=2))
+    atomic_write(study_dir / "study.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     storage.push(STATE_FILE, "study.yaml")
     return run
 
@@ -209,8 +209,8 @@ def run_study(spec: StudySpec, study_dir: Path | StudyStorage, *, tracking_uri: 
 
 def _flush_pending(uri: str, study_dir: Path, out: TextIO) -> None:
     """Send metrics that trials could not send while the tracking server was unreachable."""
-    from pitfalls.sweep.trial import pending_dir
     from pitfalls.sweep.tracking import flush_pending
+    from pitfalls.sweep.trial import pending_dir
 
     directory = pending_dir(study_dir)
     if not directory.exists():
@@ -224,14 +224,17 @@ def _flush_pending(uri: str, study_dir: Path, out: TextIO) -> None:
 
 def load_study_dir(study_dir: Path) -> tuple[StudySpec, dict]:
     """The study in a study directory and its state; refuses a study edited since it started."""
-    from pitfalls.config import StudyError, parse_study
+    from pitfalls.config import StudyError, parse_study, read_yaml
 
     study_file, state_file = study_dir / "study.yaml", study_dir / STATE_FILE
     if not study_file.exists() or not state_file.exists():
         raise StudySetupError(f"{study_dir} holds no study (no study.yaml and {STATE_FILE}); "
                               "start one with `pitfalls run STUDY`")
-    state = json.loads(state_file.read_text())
-    raw = yaml.safe_load(study_file.read_text())
+    try:
+        state = json.loads(state_file.read_text())
+        raw = read_yaml(study_file)
+    except (StudyError, ValueError) as e:
+        raise StudySetupError(f"{study_dir}: cannot read the study's files: {e}") from None
     if "study" in state and (changes := study_changes(state["study"], raw)):
         raise StudySetupError(
             f"{study_file} was edited since the study started ({'; '.join(changes)}); a resumed "
@@ -283,7 +286,7 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
              optuna_storage: str | None, out: TextIO, restore: bool) -> StudyOutcome:
     from ray import tune
 
-    from pitfalls.results.report import write_comparison
+    from pitfalls.results.write import write_comparison
     from pitfalls.sweep.callbacks import ConsoleProgress, ResultsRecorder
     from pitfalls.sweep.runtime import cluster_capacity, init_ray
     from pitfalls.sweep.space import param_space, search_algorithm

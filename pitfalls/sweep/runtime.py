@@ -48,11 +48,11 @@ def init_ray(address: str | None, log_file: Path) -> None:
     if ray.is_initialized():
         return
     quiet_logging(log_file)
-    kwargs = dict(
-        log_to_driver=False,
-        logging_config=ray.LoggingConfig(log_level="ERROR"),
-        runtime_env={"env_vars": dict(RAY_ENV)},
-    )
+    kwargs = {
+        "log_to_driver": False,
+        "logging_config": ray.LoggingConfig(log_level="ERROR"),
+        "runtime_env": {"env_vars": dict(RAY_ENV)},
+    }
     if address:
         ray.init(address=address, **kwargs)
     else:

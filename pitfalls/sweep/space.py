@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pitfalls.config import NUISANCE_FALLBACKS, Distribution, StudySpec, level_label
+from pitfalls.config import NUISANCE_DEFAULTS, Distribution, StudySpec, level_label
 
 
 def _domain(dist: Distribution):
@@ -33,7 +33,7 @@ def _domain(dist: Distribution):
 def param_space(spec: StudySpec) -> dict[str, Any]:
     from ray import tune
 
-    space: dict[str, Any] = dict(NUISANCE_FALLBACKS)
+    space: dict[str, Any] = dict(NUISANCE_DEFAULTS)
     nuisance = dict(spec.search_space.nuisance)
     linked = spec.search_space.linked
     factors = [(name, [level_label(v) for v in levels] if name in linked else list(levels))

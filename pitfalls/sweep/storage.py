@@ -20,49 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-
-class _AtomicFile:
-    """A binary file written under a temporary name and renamed into place on close."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        self._f = open(self.tmp, "wb")
-        self.closed = False
-
-    def write(self, data) -> int:
-        return self._f.write(data)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.tmp, self.path)
-        self.closed = True
+from pitfalls.fileio import AtomicFile, atomic_write
 
 
 class AtomicLocalHandler(pafs.FileSystemHandler):
@@ -123,7 +87,7 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
 
     def open_output_stream(self, path: str, metadata):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return pa.PythonFile(_AtomicFile(path), mode="w")
+        return pa.PythonFile(AtomicFile(path), mode="w")
 
     def open_append_stream(self, path: str, metadata):
         return self.fs.open_append_stream(path)
@@ -203,10 +167,7 @@ class StudyStorage:
         for name in STUDY_FILES:
             if name in remote:
                 with self.fs.open_input_stream(f"{self.root}/{name}") as f:
-                    data = f.read()
-                tmp = self.local / f".{name}.pull"
-                tmp.write_bytes(data)
-                os.replace(tmp, self.local / name)
+                    atomic_write(self.local / name, f.read())
 
 
 def _cache_root() -> Path:
@@ -328,7 +289,7 @@ def tune_state_problem(fs: pafs.FileSystem, tune_dir: str, trials_recorded: bool
     if searcher:
         try:
             pickle.loads(read(searcher[-1]))
-        except Exception as e:  # noqa: BLE001 - any failure means Tune would start over
+        except Exception as e:
             return f"{tune_dir}/{searcher[-1]} is unreadable ({type(e).__name__}: {e})"
     return None
 

@@ -8,7 +8,6 @@ Uses `MlflowClient` with explicit run ids: no global "active run" state crossing
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -21,8 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+
+from pitfalls.fileio import atomic_write
 
 STUDY_TAG = "pitfalls.study_id"
 TRIAL_TAG = "pitfalls.trial_id"
@@ -169,14 +171,10 @@ def _describe(error: Exception) -> str:
     return re.sub(r"//[^/@\s]+@", "//***@", text)
 
 
-@contextmanager
-def _dir_lock(directory: Path):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+def _dir_lock(directory: Path) -> FileLock:
+    """The pending directory's lock: a logger appending and a flush in another process never
+    interleave (a lock file next to the records)."""
+    return FileLock(directory / ".lock")
 
 
 class PendingLog:
@@ -184,8 +182,8 @@ class PendingLog:
 
     Appending is one `write` + `fsync` of a whole line, so a crash can at worst tear the line
     being written (a torn line is skipped when read, and never glued to the next record); sent
-    records are removed by writing the rest to a temporary file and `os.replace`-ing it, so
-    earlier records are never half-rewritten. Both hold an `flock` on the directory, so a
+    records are removed by rewriting the rest atomically (`pitfalls.fileio`), so earlier
+    records are never half-rewritten. Both hold the directory's lock (`filelock`), so a
     `flush_pending` in another process never loses a record the logger is appending.
     """
 
@@ -228,12 +226,7 @@ class PendingLog:
             if not rest:
                 self.path.unlink(missing_ok=True)
                 return
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in rest)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            atomic_write(self.path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rest))
 
     def __len__(self) -> int:
         return len(self.records())
@@ -261,7 +254,7 @@ def _flush_log(client: MlflowClient, log: PendingLog) -> tuple[int, int, Excepti
     for record in records:
         try:
             _send(client, log.run_id, record)
-        except Exception as e:  # noqa: BLE001 - every failure keeps the record; callers judge it
+        except Exception as e:
             error = e
             break
         sent.add(record["id"])
@@ -333,7 +326,7 @@ class TrialLogger:
         is rejected by MLflow (params cannot change): a warning, not a failed trial."""
         try:
             self._submit({"type": "params", "params": params})
-        except Exception as e:  # noqa: BLE001 - rejected (4xx): not worth failing a trial over
+        except Exception as e:
             self.pending.drop({r["id"] for r in self.pending.records() if r["type"] == "params"})
             _log.warning("mlflow: params %s not logged to run %s: %s", params, self.run_id,
                          _describe(e))
@@ -352,7 +345,7 @@ class TrialLogger:
             wait_s = self.finish_wait_s
         try:
             self._submit(record, wait_s=wait_s)
-        except Exception as e:  # noqa: BLE001 - the trial's own error is the one to raise
+        except Exception as e:
             _log.warning("mlflow: could not mark run %s %s: %s", self.run_id, record["status"],
                          _describe(e))
 
@@ -365,7 +358,7 @@ class TrialLogger:
             self._flush()
             with _quick_http(self.tracking_uri, self.timeout_s):
                 history = self.client.get_metric_history(self.run_id, key)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if not _is_transient(e):
                 raise
             return None
@@ -383,7 +376,7 @@ class TrialLogger:
                 with _quick_http(self.tracking_uri, self.timeout_s):
                     _send(self.client, self.run_id, record)
                 return
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if not _is_transient(e):
                     raise
                 error = e

@@ -18,6 +18,7 @@ import pyarrow.fs
 from pitfalls.config import StudySpec, TrialConfig, TrialParams
 from pitfalls.sweep.checkpoints import CheckpointStore
 from pitfalls.sweep.tracking import StudyRun, TrialLogger, open_trial_run
+from pitfalls.train.checkpoint import epoch_of, history_of
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,13 @@ def trial_run_name(trial_id: str, params: TrialParams, varied: list[str]) -> str
     return " ".join([trial_id, *shown, f"seed={params.seed}"])
 
 
-
-
 def run_trial(config: dict, *, ctx: TrialContext) -> None:
     """Tune function trainable."""
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
     space = ctx.study.search_space
-    cfg = TrialConfig(ctx.study, TrialParams.from_dict(space.expand(config)))
+    cfg = TrialConfig(ctx.study, ctx.study.trial_params(config))
     labels = {n: config[n] for n in space.linked if n in config}  # a linked level, as one param
     run_id = open_trial_run(ctx.study_run, trial_id,
                             trial_run_name(trial_id, cfg.params, space.varied_params),
@@ -94,11 +93,11 @@ def logged_epochs(logger: TrialLogger) -> set[int]:
     return logger.logged_steps("train_loss") or set()
 
 
-def tune_metrics(metrics: dict, state: dict, epochs: int) -> dict:
+def tune_metrics(metrics: dict, checkpoint: dict, epochs: int) -> dict:
     """What Tune sees of an epoch: the metrics, plus the whole history at the last epoch (so the
     results row has every epoch even when earlier ones were reported before a restart)."""
-    if state["epoch"] == epochs:
-        return {**metrics, "history": state["history"]}
+    if epoch_of(checkpoint) == epochs:
+        return {**metrics, "history": history_of(checkpoint)}
     return metrics
 
 
@@ -106,9 +105,9 @@ def already_finished(resume: dict | None, epochs: int) -> dict | None:
     """Tune's last report for a trial whose final checkpoint was saved but whose final report
     never reached Tune (the driver died in between): nothing is left to train, yet Tune needs that
     report (with the metric it optimizes) to count the trial as finished."""
-    if resume is None or resume["epoch"] < epochs:
+    if resume is None or epoch_of(resume) < epochs:
         return None
-    return tune_metrics(resume["history"][-1], resume, epochs)
+    return tune_metrics(history_of(resume)[-1], resume, epochs)
 
 
 def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointStore) -> None:
@@ -123,7 +122,7 @@ def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointSt
     epochs = EpochLog(logger)
     resume = store.latest()
     if resume is not None:
-        epochs.restore(resume["history"])
+        epochs.restore(history_of(resume))
     final = already_finished(resume, cfg.study.budget.epochs)
     if final is not None:
         ray.tune.report(final)
@@ -156,7 +155,7 @@ def _worker_loop(loop_config: dict) -> None:
     store: CheckpointStore = loop_config["checkpoints"]
     resume = store.latest()  # every rank: the same state (a restarted worker group included)
     if resume is not None and epochs is not None:
-        epochs.restore(resume["history"])
+        epochs.restore(history_of(resume))
     final = already_finished(resume, cfg.study.budget.epochs)
     if final is not None:
         ray.train.report(final, checkpoint=None)

@@ -10,17 +10,23 @@ Two tasks share one training loop:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pitfalls.data.base import Video
-from pitfalls.train.anticipation import (anticipation_errors, anticipation_loss,
-                                         anticipation_targets, merge_errors, predicted_minutes,
-                                         summarize_anticipation)
+from pitfalls.train.anticipation import (
+    anticipation_errors,
+    anticipation_loss,
+    anticipation_targets,
+    merge_errors,
+    predicted_minutes,
+    summarize_anticipation,
+)
 from pitfalls.train.metrics import phase_scores, summarize_phase
 
 

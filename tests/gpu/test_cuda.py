@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from pitfalls.config import TrialConfig, TrialParams, parse_study
-from pitfalls.models import build_model
+from pitfalls.config import TrialConfig, parse_study
 from pitfalls.train import train
-from tests.helpers import tiny_study
+from tests.helpers import lstm_model, tiny_params, tiny_study
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -14,7 +13,7 @@ pytestmark = [pytest.mark.gpu,
 
 def test_training_loop_runs_on_cuda():
     cfg = TrialConfig(parse_study(tiny_study(budget={"epochs": 1, "steps_per_epoch": 3})),
-                      TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0))
+                      tiny_params())
     metrics = train(cfg, device=torch.device("cuda"))
     assert 0 <= metrics["val_accuracy"] <= 1
 
@@ -22,8 +21,8 @@ def test_training_loop_runs_on_cuda():
 @pytest.mark.parametrize("norm", ["batch", "batch_eval", "group"])
 def test_model_forward_backward_on_cuda_matches_cpu(norm):
     torch.manual_seed(0)
-    cpu = build_model("test_resnet", norm, 1, num_classes=3, hidden_size=8).eval()
-    gpu = build_model("test_resnet", norm, 1, num_classes=3, hidden_size=8)
+    cpu = lstm_model(norm, 1, 3).eval()
+    gpu = lstm_model(norm, 1, 3)
     gpu.load_state_dict(cpu.state_dict())
     gpu = gpu.cuda().eval()
     x = torch.rand(2, 4, 3, 32, 32)
@@ -44,7 +43,7 @@ def _cuda_step(perf, seed=0):
 
     device = torch.device("cuda")
     torch.manual_seed(seed)
-    base = build_model("test_resnet", "group", 0, num_classes=3, hidden_size=8)
+    base = lstm_model("group", 0, 3)
     fast = resolve(perf, device)
     model = prepare_model(copy.deepcopy(base).to(device), fast)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -94,6 +93,6 @@ def test_compiled_step_matches_eager():
 def test_training_on_cuda_records_its_fast_path():
     seen = []
     cfg = TrialConfig(parse_study(tiny_study(budget={"epochs": 1, "steps_per_epoch": 2})),
-                      TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0))
+                      tiny_params())
     train(cfg, device=torch.device("cuda"), on_setup=seen.append)
     assert seen[0]["precision"] in ("bf16", "fp16") and seen[0]["channels_last"] == "True"

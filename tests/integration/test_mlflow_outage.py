@@ -9,6 +9,7 @@ metrics in MLflow exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,10 +48,8 @@ def _count_pending(dirs) -> int:
     n = 0
     for d in dirs:
         for path in d.glob("*.jsonl") if d.is_dir() else ():
-            try:
+            with contextlib.suppress(FileNotFoundError):  # sent and removed meanwhile
                 n += sum(1 for line in path.read_text().splitlines() if line.strip())
-            except FileNotFoundError:
-                pass  # sent and removed meanwhile
     return n
 
 
@@ -67,7 +66,7 @@ def test_trial_survives_a_tracking_server_outage(tmp_path):
     study_dir = tmp_path / "runs" / "outage"
     cache = tmp_path / "cache"  # the logger's default pending dir goes under $XDG_CACHE_HOME
     pending_dirs = [study_dir / "logs" / "mlflow-pending", cache / "pitfalls" / "mlflow-pending"]
-    output = open(tmp_path / "run.log", "w")
+    output = open(tmp_path / "run.log", "w")  # noqa: SIM115 - the driver writes it until it ends
     proc = subprocess.Popen(
         [sys.executable, "-m", "pitfalls.cli", "run", str(study_file), "--storage",
          str(tmp_path / "runs"), "--mlflow-uri", server.uri],

@@ -10,8 +10,8 @@ import pytest
 
 from pitfalls.data import cholec80
 from pitfalls.data.base import DataError
-from pitfalls.data.frames import MAX_PER_KIND
 from pitfalls.data.cholec80 import PHASES, TOOLS, load, read_videos, resolve_split, video_ids
+from pitfalls.data.frames import MAX_PER_KIND
 from tests.datasets import PALETTE, frame_path, write_cholec80, write_image, write_phase_file, write_tool_file
 
 PHASE1 = "phase_annotations/video01-phase.txt"
@@ -148,7 +148,7 @@ def test_standard_splits_by_name():
 
 
 def test_load_standard_split_on_80_videos(tmp_path):
-    write_cholec80(tmp_path, {i: 2 for i in range(1, 81)}, images=False)
+    write_cholec80(tmp_path, dict.fromkeys(range(1, 81), 2), images=False)
     data = load(tmp_path, "32/8/40")
     assert data.name == "cholec80" and data.phase_names == PHASES and data.tool_names == TOOLS
     assert [v.id for v in data.val] == [f"video{i}" for i in range(33, 41)]

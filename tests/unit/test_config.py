@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from pitfalls.config import (StudyError, TrialParams, load_search_space, load_study, parse_study)
+from pitfalls.config import StudyError, TrialParams, load_search_space, load_study, parse_study
 from tests.conftest import ROOT
 from tests.helpers import tiny_study
 

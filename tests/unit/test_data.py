@@ -35,7 +35,7 @@ def test_appearance_depends_on_phase():
 def test_shared_look_renders_a_later_phase_like_an_earlier_one_and_changes_nothing_else():
     """With noise, camera shift and tools off a frame is grating x colour, so its channel
     proportions are its look's colour: phase 4 then matches phase 2 and no other phase."""
-    base = dict(num_videos=3, val_videos=1, noise=0.0, video_shift=0.0, num_tools=0)
+    base = {"num_videos": 3, "val_videos": 1, "noise": 0.0, "video_shift": 0.0, "num_tools": 0}
     plain = sum(make_videos(SyntheticOptions(**base)), [])
     shared = sum(make_videos(SyntheticOptions(**base, shared_looks=((4, 2),))), [])
 
@@ -58,7 +58,7 @@ def test_sampler_draws_distinct_videos_and_in_bounds_sequences():
         batch = sampler.sample()
         videos = [v for v, _ in batch]
         assert len(set(videos)) == 3
-        assert all(0 <= s and s + 8 <= lengths[v] for v, s in batch)
+        assert all(s >= 0 and s + 8 <= lengths[v] for v, s in batch)
 
 
 def test_sampler_refuses_impossible_diversity():
@@ -79,7 +79,7 @@ def test_carried_sampler_walks_each_video_in_consecutive_chunks_on_distinct_lane
         picks, reset = sampler.sample()
         assert len({v for v, _ in picks}) == 3  # lanes hold distinct videos
         for lane, ((v, s), r) in enumerate(zip(picks, reset)):
-            assert 0 <= s and s + seq_len <= lengths[v]
+            assert s >= 0 and s + seq_len <= lengths[v]
             if previous is not None and not r:  # same walk: the next chunk of the same video
                 assert previous[lane] == (v, s - seq_len)
             if r:

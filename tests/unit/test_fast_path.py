@@ -6,12 +6,11 @@ import copy
 import pytest
 import torch
 
-from pitfalls.config import PerformanceSpec, StudyError, TrialConfig, TrialParams, parse_study
-from pitfalls.models import build_model
+from pitfalls.config import PerformanceSpec, StudyError, TrialConfig, parse_study
 from pitfalls.train import train
 from pitfalls.train.fast import Stepper, prepare_model, resolve
 from pitfalls.train.tasks import PhaseTask
-from tests.helpers import tiny_study
+from tests.helpers import lstm_model, tiny_params, tiny_study
 
 CPU = torch.device("cpu")
 
@@ -41,7 +40,7 @@ def test_performance_options_are_validated_up_front():
 
 def _model(norm="group", frozen=0):
     torch.manual_seed(0)
-    return build_model("test_resnet", norm, frozen, num_classes=3, hidden_size=8)
+    return lstm_model(norm, frozen, 3)
 
 
 def _batch(b=4, t=3):
@@ -119,7 +118,7 @@ def test_bf16_autocast_trains_close_to_fp32():
 def test_train_records_the_resolved_fast_path_and_resumes_exactly():
     spec = parse_study(tiny_study(budget={"epochs": 3, "steps_per_epoch": 2},
                                   performance={"precision": "bf16", "grad_accumulation": 2}))
-    cfg = TrialConfig(spec, TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0))
+    cfg = TrialConfig(spec, tiny_params())
     seen, states = [], []
     straight = train(cfg, on_setup=seen.append)
     assert seen == [{"precision": "bf16", "channels_last": "False", "compile": "False",

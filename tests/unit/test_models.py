@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from pitfalls.models.norms import NormOptions
-from pitfalls.models import NORM_NAMES, EvalModeBatchNorm2d, build_model, convert_norms, create_backbone
+from pitfalls.models import NORM_NAMES, EvalModeBatchNorm2d, convert_norms, create_backbone
 from pitfalls.models.backbone import backbone_info, stage_groups
+from pitfalls.models.norms import NormOptions
+from tests.helpers import lstm_model
 
 
 def _norm_types(model):
@@ -41,7 +42,7 @@ def test_group_norm_uses_gcd_when_channels_not_divisible():
 
 
 def test_frozen_stages_get_no_gradient_and_frozen_bn():
-    model = build_model("test_resnet", "batch", frozen_stages=2, num_classes=5, hidden_size=8)
+    model = lstm_model("batch", 2, 5)
     groups = stage_groups(model.backbone)
     frozen = {n for g in (0, 1, 2) for n in groups[g]}
     for name, module in model.backbone.named_modules():
@@ -64,13 +65,13 @@ def test_frozen_stages_get_no_gradient_and_frozen_bn():
 def test_frozen_stages_beyond_stage_count_raises():
     assert backbone_info("test_resnet").num_stages == 4
     with pytest.raises(ValueError, match="has 4 stages"):
-        build_model("test_resnet", "group", frozen_stages=5, num_classes=3)
+        lstm_model("group", 5, 3, 64)
 
 
 def _future_leak(norm: str) -> float:
     """How much changing frames 4.. moves the logits of frames 0..3, in train mode."""
     torch.manual_seed(0)
-    model = build_model("test_resnet", norm, 0, num_classes=4, hidden_size=8).train()
+    model = lstm_model(norm, 0, 4).train()
     x = torch.rand(1, 8, 3, 32, 32)
     y = x.clone()
     y[:, 4:] = torch.rand_like(y[:, 4:]) * 3
@@ -88,7 +89,7 @@ def test_train_mode_batchnorm_leaks_future_frames_but_groupnorm_does_not():
 
 
 def test_model_output_shape_and_carried_state():
-    model = build_model("test_resnet", "group", 0, num_classes=5, hidden_size=8).eval()
+    model = lstm_model("group", 0, 5).eval()
     x = torch.rand(2, 6, 3, 32, 32)
     with torch.no_grad():
         full, _ = model(x)
@@ -101,11 +102,10 @@ def test_model_output_shape_and_carried_state():
 def test_shipped_backbone_table_matches_installed_timm():
     """The table that lets validation skip importing timm must agree with timm itself."""
     import json
+    from dataclasses import replace
     from importlib.metadata import version
 
     import timm
-
-    from dataclasses import replace
 
     from pitfalls.models.backbone import TABLE_MODULES, TABLE_PATH, inspect_backbone
 

@@ -6,8 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pitfalls.models.backbone import (FAMILY_EXAMPLES, create_backbone, family_support,
-                                      freeze_stages, stage_groups, support_markdown)
+from pitfalls.models.backbone import (
+    FAMILY_EXAMPLES,
+    create_backbone,
+    family_support,
+    freeze_stages,
+    stage_groups,
+    support_markdown,
+)
 from pitfalls.models.norms import BATCH_DEPENDENT, NORM_NAMES, convert_norms, stray_norms
 from tests.conftest import ROOT
 

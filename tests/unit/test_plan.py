@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from pitfalls.config import parse_study
-from pitfalls.plan import (PROBE_CAP, _planning_fast_path, _Trainer, configurations, plan_study,
-                           render)
+from pitfalls.plan import PROBE_CAP, _planning_fast_path, _Trainer, configurations, plan_study, render
 from tests.conftest import ROOT
 from tests.helpers import tiny_study
 

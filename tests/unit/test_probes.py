@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pitfalls.models import build_model
 from pitfalls.models.precise_bn import population_statistics, update_bn_stats
 from pitfalls.probes import batch_dependence, leakage, stale_statistics, train_eval_gap
+from tests.helpers import lstm_model
 
 
 class FrameCNN(nn.Module):
@@ -97,14 +97,14 @@ def test_platform_models_bn_leaks_groupnorm_does_not():
     for norm, leaky in (("batch", True), ("group", False), ("batch_eval", False),
                         ("frozen_batch", False)):
         torch.manual_seed(0)
-        model = build_model("test_resnet", norm, 0, num_classes=4, hidden_size=8).train()
+        model = lstm_model(norm, 0, 4).train()
         assert leakage(model, torch.rand(1, 6, 3, 32, 32)).leaks is leaky, norm
 
 
 @pytest.mark.parametrize("norm", ["iternorm", "swbn", "dbn"])
 def test_whitening_norms_are_flagged_in_train_mode_not_in_eval(norm):
     torch.manual_seed(0)
-    model = build_model("test_resnet", norm, 0, num_classes=4, hidden_size=8).train()
+    model = lstm_model(norm, 0, 4).train()
     clip = torch.rand(2, 6, 3, 32, 32)
     report = leakage(model, clip)
     assert report.leaks and not report.results["eval"].flagged

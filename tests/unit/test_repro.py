@@ -5,13 +5,13 @@ import pyarrow as pa
 import pytest
 import torch
 
+from pitfalls.config import PerformanceSpec
 from pitfalls.data import SyntheticOptions, make_videos
-from pitfalls.models.video_model import build_model
 from pitfalls.repro import Comparison, compare, probe_check
 from pitfalls.train.cheat_gap import batch_statistics, cheat_gap_metrics, cheat_gap_records
-from pitfalls.train.fast import FastPath
-from pitfalls.train.loop import resolve_default
+from pitfalls.train.fast import FastPath, resolve
 from pitfalls.train.tasks import PhaseTask
+from tests.helpers import lstm_model
 
 
 def _table(values: dict[str, list[float]]) -> pa.Table:
@@ -66,7 +66,7 @@ def _videos():
 @pytest.mark.parametrize("norm", ["batch", "group"])
 def test_batch_statistics_mode_changes_only_batch_norm_models_and_restores_everything(norm):
     torch.manual_seed(0)
-    model = build_model("test_resnet", norm, 0, 5)
+    model = lstm_model(norm, 0, 5, 64)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(1, 8, 3, 16, 16)
@@ -83,11 +83,11 @@ def test_batch_statistics_mode_changes_only_batch_norm_models_and_restores_every
 
 def test_cheat_gap_is_exactly_zero_without_batch_statistics_and_nonzero_with_them():
     videos, task = _videos(), PhaseTask(5)
-    fast: FastPath = resolve_default(torch.device("cpu"))
+    fast: FastPath = resolve(PerformanceSpec(), torch.device("cpu"))
     gaps = {}
     for norm in ("batch", "group"):
         torch.manual_seed(0)
-        model = build_model("test_resnet", norm, 0, 5)
+        model = lstm_model(norm, 0, 5, 64)
         batch, running = cheat_gap_records(model, videos, task, 8, torch.device("cpu"), fast, False)
         gaps[norm] = cheat_gap_metrics(task, batch, running, "val")
     assert gaps["group"]["val_cheat_gap"] == 0.0
@@ -107,9 +107,9 @@ def test_chunks_cover_every_frame_and_never_leave_one_frame_alone():
 def test_cheat_gap_on_videos_whose_length_leaves_a_single_frame():
     videos, task = _videos(), PhaseTask(5)
     seq_len = len(videos[0]) - 1  # one chunk of seq_len, then a single frame
-    model = build_model("test_resnet", "batch", 0, 5)
+    model = lstm_model("batch", 0, 5, 64)
     batch, running = cheat_gap_records(model, videos[:1], task, seq_len, torch.device("cpu"),
-                                       resolve_default(torch.device("cpu")), False)
+                                       resolve(PerformanceSpec(), torch.device("cpu")), False)
     assert len(batch) == len(running) == 1
 
 

@@ -15,7 +15,7 @@ def test_rows_round_trip_and_best_final(tmp_path):
     path = tmp_path / "results.parquet"
     write_results(path, [_row("a", "batch", 0, [0.2, 0.6, 0.5])])
     t = read_results(path)
-    assert t.num_rows == 1 and t.schema.metadata[b"pitfalls.schema_version"] == b"4"
+    assert t.num_rows == 1 and t.schema.metadata[b"pitfalls.schema_version"] == b"5"
     r = t.to_pylist()[0]
     assert r["final_val_accuracy"] == 0.5 and r["best_val_accuracy"] == 0.6
     assert np.isclose(r["best_val_loss"], 0.4) and r["curve_val_accuracy"] == [0.2, 0.6, 0.5]
@@ -114,8 +114,9 @@ def _linked_rows():
 def test_report_treats_a_linked_factor_as_one_factor(tmp_path):
     import pyarrow as pa
 
-    from pitfalls.results.html import render_html
-    from pitfalls.results.report import analysis_of_study, comparison_data, comparison_markdown
+    from pitfalls.results.analysis import analysis_of_study, comparison_data
+    from pitfalls.results.render_html import render_html
+    from pitfalls.results.render_md import comparison_markdown
 
     rows, values = _linked_rows()
     write_results(tmp_path / "results.parquet", rows)
@@ -159,7 +160,7 @@ def test_report_treats_a_linked_factor_as_one_factor(tmp_path):
 def test_a_row_matching_no_linked_level_is_labelled_with_its_own_values():
     import pyarrow as pa
 
-    from pitfalls.results.report import analysis_of_study, with_factor_columns
+    from pitfalls.results.analysis import analysis_of_study, with_factor_columns
     from pitfalls.results.schema import SCHEMA
 
     params = {"norm": "batch", "frozen_stages": 1, "videos_per_batch": 8, "seq_len": 2,

@@ -64,8 +64,7 @@ def test_report_json_and_csv_formats(tmp_path, capsys):
 
 def test_marginal_effects_interactions_best_and_importance(tmp_path):
     from pitfalls.results import comparison_table
-    from pitfalls.results.stats import (best_configurations, factor_importance, interactions,
-                                        marginal_effects)
+    from pitfalls.results.stats import best_configurations, factor_importance, interactions, marginal_effects
 
     write_results(tmp_path / "r.parquet", _rows(VALUES))
     results = read_results(tmp_path / "r.parquet")
@@ -97,7 +96,7 @@ def test_report_from_a_bare_parquet_file_infers_factors(tmp_path, capsys):
     assert "neither a study directory" in capsys.readouterr().err
 
 
-def _simulated(rng, effect: float, seeds: int = 8) -> "pa.Table":
+def _simulated(rng, effect: float, seeds: int = 8):
     """A known truth: factor `norm` shifts the metric by `effect`, `frozen_stages` does nothing.
     Each seed has its own offset shared by all arms (what pairing removes), plus trial noise."""
     import pyarrow as pa

@@ -12,8 +12,13 @@ import yaml
 
 from pitfalls.config import parse_study
 from pitfalls.sweep.driver import StudySetupError, resume_study, run_study
-from pitfalls.sweep.storage import (StorageError, atomic_local_fs, existing_study_storage,
-                                    study_storage, tune_state_problem)
+from pitfalls.sweep.storage import (
+    StorageError,
+    atomic_local_fs,
+    existing_study_storage,
+    study_storage,
+    tune_state_problem,
+)
 from tests.helpers import tiny_study
 
 

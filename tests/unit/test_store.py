@@ -319,19 +319,16 @@ def test_index_that_disagrees_with_meta_is_refused(videos, tmp_path):
 # ---------------------------------------------------------------------------------- bar
 
 
-def test_progress_bar_draws_rate_limited_and_ends_with_a_newline(monkeypatch):
-    clock = iter(np.arange(0, 100, 0.01))  # 10 ms per call
-    monkeypatch.setattr(store_mod.time, "monotonic", lambda: float(next(clock)))
+def test_progress_bar_shows_frames_rate_and_ends_with_a_newline():
+    """The pack progress bar is tqdm's: frames done of total, %, frames/s, closed at the end."""
     stream = io.StringIO()
     bar = progress_bar(200, "packing", stream=stream)
     for done in range(0, 201):
         bar(done, 200)
     text = stream.getvalue()
-    draws = text.split("\r")[1:]
-    assert 15 <= len(draws) <= 25  # 2 s of calls at ~10 draws/s, plus the final one
     assert text.endswith("\n") and text.count("\n") == 1
-    assert "200/200 frames 100.0%" in draws[-1] and "100 frames/s" in draws[-1]
-    assert "ETA" in draws[1] and "packing [" in draws[1]
+    last = text.split("\r")[-1]
+    assert "packing" in last and "100%" in last and "200/200" in last and "frames/s" in last
     bar(200, 200)
     assert stream.getvalue() == text  # nothing after the end
 

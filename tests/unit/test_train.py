@@ -1,18 +1,18 @@
 import numpy as np
 
-from pitfalls.config import TrialConfig, TrialParams, parse_study
+from pitfalls.config import TrialConfig, parse_study
 from pitfalls.train import train
-from tests.helpers import tiny_study
+from tests.helpers import tiny_params, tiny_study
 
 
 def _cfg(norm="group", seed=0, **budget):
     raw = tiny_study(budget={"epochs": 2, "steps_per_epoch": 4, **budget})
-    return TrialConfig(parse_study(raw), TrialParams(norm, 1, 4, 2, 1e-3, 1e-4, seed))
+    return TrialConfig(parse_study(raw), tiny_params(norm=norm, seed=seed))
 
 
 def test_train_reports_every_epoch_with_metrics_in_range():
     reports = []
-    final = train(_cfg(), report=reports.append)
+    final = train(_cfg(), report=lambda m, checkpoint: reports.append(m))
     assert [r["epoch"] for r in reports] == [1, 2] and final == reports[-1]
     for r in reports:
         assert 0 <= r["val_accuracy"] <= 1 and 0 <= r["val_f1"] <= 1
@@ -28,7 +28,7 @@ def test_train_is_deterministic_per_seed():
 
 def test_training_reduces_loss():
     reports = []
-    train(_cfg(norm="batch", epochs=3, steps_per_epoch=15), report=reports.append)
+    train(_cfg(norm="batch", epochs=3, steps_per_epoch=15), report=lambda m, checkpoint: reports.append(m))
     assert reports[-1]["train_loss"] < reports[0]["train_loss"]
 
 
@@ -36,8 +36,8 @@ def test_probes_and_precise_bn_as_study_options():
     raw = tiny_study(budget={"epochs": 1, "steps_per_epoch": 2},
                      evaluation={"precise_bn_batches": 2, "probes": True})
     study = parse_study(raw)
-    bn = train(TrialConfig(study, TrialParams("batch", 1, 4, 2, 1e-3, 1e-4, 0)))
-    gn = train(TrialConfig(study, TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0)))
+    bn = train(TrialConfig(study, tiny_params(norm="batch")))
+    gn = train(TrialConfig(study, tiny_params()))
     assert bn["probe_leak_train"] == 1.0 and gn["probe_leak_train"] == 0.0
     assert "probe_stale_mean_shift" in bn and "probe_stale_mean_shift" not in gn
 
@@ -46,7 +46,7 @@ def test_sync_batch_with_one_worker_says_it_is_plain_bn():
     import warnings
 
     raw = tiny_study(budget={"epochs": 1, "steps_per_epoch": 1})
-    cfg = TrialConfig(parse_study(raw), TrialParams("sync_batch", 1, 4, 2, 1e-3, 1e-4, 0))
+    cfg = TrialConfig(parse_study(raw), tiny_params(norm="sync_batch"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(cfg)
@@ -60,5 +60,5 @@ def test_whitening_norms_train_end_to_end():
 
     for norm in ("iternorm", "swbn", "dbn"):
         raw = tiny_study(budget={"epochs": 1, "steps_per_epoch": 3})
-        m = train(TrialConfig(parse_study(raw), TrialParams(norm, 1, 4, 2, 1e-3, 1e-4, 0)))
+        m = train(TrialConfig(parse_study(raw), tiny_params(norm=norm)))
         assert math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"]), norm

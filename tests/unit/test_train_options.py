@@ -4,21 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from pitfalls.config import AugmentSpec, TrialConfig, TrialParams, parse_study
+from pitfalls.config import AugmentSpec, TrialConfig, parse_study
+from pitfalls.models.temporal import Lanes
 from pitfalls.train import train
 from pitfalls.train.augment import augment
-from pitfalls.train.loop import _reset_lanes
-from tests.helpers import tiny_study
+from tests.helpers import tiny_params, tiny_study
 
 
 def test_reset_lanes_zeroes_new_videos_and_detaches_the_rest():
     h = torch.ones(1, 3, 2, requires_grad=True) * 2
     c = torch.ones(1, 3, 2, requires_grad=True) * 3
-    nh, nc = _reset_lanes((h, c), np.array([False, True, False]), torch.device("cpu"))
+    nh, nc = Lanes(dim=1).reset((h, c), np.array([False, True, False]), torch.device("cpu"))
     assert not nh.requires_grad and not nc.requires_grad
     assert nh[0, 1].abs().sum() == 0 and nc[0, 1].abs().sum() == 0
     assert torch.equal(nh[0, 0], h[0, 0].detach()) and torch.equal(nc[0, 2], c[0, 2].detach())
-    assert _reset_lanes(None, np.array([True]), torch.device("cpu")) is None
+    assert Lanes(dim=1).reset(None, np.array([True]), torch.device("cpu")) is None
 
 
 def test_augmentation_is_one_draw_per_sequence_and_off_by_default():
@@ -47,15 +47,15 @@ def _study(**overrides):
 
 def test_carried_state_training_runs_and_differs_from_shuffled_windows():
     study = _study()
-    shuffled = train(TrialConfig(study, TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0)))
-    carried = train(TrialConfig(study, TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0, True)))
+    shuffled = train(TrialConfig(study, tiny_params()))
+    carried = train(TrialConfig(study, tiny_params(carry_hidden=True)))
     assert np.isfinite(carried["train_loss"]) and 0 <= carried["val_accuracy"] <= 1
     assert carried["train_loss"] != shuffled["train_loss"]
 
 
 def test_carried_state_reaches_the_next_chunk(monkeypatch):
     """The LSTM gets the previous chunk's state, except where a lane starts a new video."""
-    from pitfalls.models.video_model import CausalLSTMHead
+    from pitfalls.models.temporal import CausalLSTMHead
 
     seen = []
     original = CausalLSTMHead.forward
@@ -67,7 +67,7 @@ def test_carried_state_reaches_the_next_chunk(monkeypatch):
 
     monkeypatch.setattr(CausalLSTMHead, "forward", spy)
     study = _study(budget={"epochs": 1, "steps_per_epoch": 6})
-    train(TrialConfig(study, TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0, True)))
+    train(TrialConfig(study, tiny_params(carry_hidden=True)))
     assert seen[0] is None and all(s is not None for s in seen[1:])
     assert any(all(v > 0 for v in s) for s in seen[1:])  # a state was carried on every lane
 
@@ -75,7 +75,7 @@ def test_carried_state_reaches_the_next_chunk(monkeypatch):
 def test_anticipation_trains_and_reports_minutes():
     study = _study(task={"name": "anticipation", "horizon": 0.25}, metric={})
     assert study.metric.name == "val_wMAE" and study.metric.mode == "min"
-    m = train(TrialConfig(study, TrialParams("group", 1, 4, 2, 1e-3, 1e-4, 0)))
+    m = train(TrialConfig(study, tiny_params()))
     for k in ("val_wMAE", "val_inMAE", "val_outMAE"):
         assert 0 <= m[k] <= 0.25  # errors in minutes cannot exceed the horizon
     assert "val_accuracy" not in m
@@ -136,7 +136,7 @@ def test_resuming_from_a_snapshot_continues_exactly(carry, norm):
 
     study = _study(budget={"epochs": 3, "steps_per_epoch": 3}, augmentation={"hflip": 0.5, "min_crop": 0.8},
                    evaluation={"precise_bn_batches": 1})
-    cfg = TrialConfig(study, TrialParams(norm, 1, 4, 2, 1e-3, 1e-4, 0, carry))
+    cfg = TrialConfig(study, tiny_params(norm=norm, carry_hidden=carry))
     straight = []
     train(cfg, report=lambda m, s: straight.append(m), snapshot=True)
 

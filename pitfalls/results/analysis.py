@@ -1,5 +1,8 @@
-"""`pitfalls report`: the comparison, from a study directory, a results Parquet file, or an
-MLflow experiment. Every source becomes (results table in the schema, `Analysis`)."""
+"""The numbers of a study's comparison: from results in the schema and an `Analysis` (what to
+compare) to every table's rows (`comparison_data`), rendered by `render_md` and `render_html`.
+
+Every source (a study directory, a results Parquet file, an MLflow experiment) becomes
+(results table in the schema, `Analysis`)."""
 
 from __future__ import annotations
 
@@ -7,15 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import yaml
+import pyarrow.compute as pc
 
-from pitfalls.config import CORE_FACTORS, OPTIONAL_FACTORS, StudySpec, level_label, parse_study
-from pitfalls.results.stats import (best_configurations, factor_importance, interactions,
-                                    marginal_effects, paired_comparisons)
-from pitfalls.results.store import RESULTS_FILE, read_results
-from pitfalls.results.table import comparison_table, paired_markdown, to_markdown
-
-COMPARISON_FILE = "comparison.md"
+from pitfalls.config import CORE_FACTORS, OPTIONAL_FACTORS, StudySpec, level_label
+from pitfalls.config.params import NUISANCE_PARAMS
+from pitfalls.probes.registry import LEAK_FLAG
+from pitfalls.results.stats import (
+    best_configurations,
+    factor_importance,
+    interactions,
+    marginal_effects,
+    paired_comparisons,
+    t_interval,
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,10 @@ class Analysis:
 
 
 def load_resolved_study(study_dir: Path) -> StudySpec:
-    raw = yaml.safe_load((study_dir / "study.yaml").read_text())
-    return parse_study(raw, source=str(study_dir / "study.yaml"), check_environment=False)
+    from pitfalls.config import parse_study, read_yaml
+
+    return parse_study(read_yaml(study_dir / "study.yaml"), source=str(study_dir / "study.yaml"),
+                       check_environment=False)
 
 
 def analysis_of_study(spec: StudySpec) -> Analysis:
@@ -97,7 +106,7 @@ def infer_analysis(results: pa.Table, name: str, metric: str, mode: str) -> Anal
         return len({v for v in results[col].to_pylist() if v is not None})
 
     factors = [f for f in CORE_FACTORS + OPTIONAL_FACTORS if distinct(f) > 1] or ["norm"]
-    fixed_nuisance = all(distinct(c) <= 1 for c in ("lr", "weight_decay"))
+    fixed_nuisance = all(distinct(c) <= 1 for c in NUISANCE_PARAMS)
     return Analysis(name, metric, mode, factors, paired=fixed_nuisance)
 
 
@@ -109,6 +118,32 @@ def _analysis(results: pa.Table, a: Analysis, combos: list[dict]) -> dict:
         "importance": factor_importance(results, a.factors, a.metric, a.mode),
         "paired": paired_comparisons(results, a.factors, a.metric) if a.paired else [],
     }
+
+
+def comparison_table(results: pa.Table, factors: list[str], metric: str) -> pa.Table:
+    """Group completed trials by `factors`: n, mean, std (ddof=1) of `final_<metric>`, failed
+    count, and how many probed trials leaked the future in train mode (`leaks` of `probed`)."""
+    column = f"final_{metric}"
+    done = results.filter(pc.equal(results["status"], "completed"))
+    stats = done.group_by(factors).aggregate([
+        (column, "count"), (column, "mean"),
+        (column, "stddev", pc.VarianceOptions(ddof=1)),
+        (LEAK_FLAG, "sum"), (LEAK_FLAG, "count"), (column, "list"),
+    ]).rename_columns([*factors, "n", "mean", "std", "leaks", "probed", "values"])
+    intervals = [t_interval(v) for v in stats["values"].to_pylist()]
+    stats = stats.drop_columns(["values"]).append_column(
+        "ci95_low", pa.array([i[0] for i in intervals], pa.float64())).append_column(
+        "ci95_high", pa.array([i[1] for i in intervals], pa.float64()))
+    failed = results.filter(pc.equal(results["status"], "failed"))
+    fails = failed.group_by(factors).aggregate([("trial_id", "count")]).rename_columns(
+        [*factors, "failed"])
+    all_combos = results.group_by(factors).aggregate([]).select(factors)
+    table = all_combos.join(stats, keys=factors, join_type="left outer")
+    table = table.join(fails, keys=factors, join_type="left outer")
+    table = table.set_column(table.schema.get_field_index("failed"), "failed",
+                             pc.fill_null(table["failed"], 0))
+    table = table.set_column(table.schema.get_field_index("n"), "n", pc.fill_null(table["n"], 0))
+    return table.sort_by([(f, "ascending") for f in factors])
 
 
 def combinations_table(results: pa.Table, a: Analysis) -> pa.Table:
@@ -124,59 +159,3 @@ def comparison_data(results: pa.Table, a: Analysis) -> dict:
     combos = combinations_table(results, a).to_pylist()
     return {"study": a.name, "metric": a.metric, "mode": a.mode, "factors": a.factors,
             "combinations": combos, **_analysis(results, a, combos)}
-
-
-def _ci(low, high) -> str:
-    return f"[{low:.4f}, {high:.4f}]" if low is not None else "–"
-
-
-def comparison_markdown(results: pa.Table, a: Analysis, data: dict | None = None) -> str:
-    data = data or comparison_data(results, a)
-    table = pa.Table.from_pylist(data["combinations"])
-    n_done = sum(1 for s in results["status"].to_pylist() if s == "completed")
-    over = "seeds" if a.paired else "trials"
-    lines = [f"# {a.name}: {a.metric} ({a.mode}) at the last epoch", "",
-             f"{results.num_rows} trials, {n_done} completed, {results.num_rows - n_done} failed; "
-             f"mean ± sample std (ddof=1) over {over}, 95% t interval.", "",
-             to_markdown(table, a.factors, a.metric, a.mode, over),
-             "## Marginal effects", "", "Each level averaged over the other factors and the seeds.",
-             "", "| factor | level | n | mean | 95% CI |", "|---|---|---|---|---|"]
-    lines += [f"| {m['factor']} | {m['level']} | {m['n']} | {m['mean']:.4f} | "
-              f"{_ci(m['ci95_low'], m['ci95_high'])} |" for m in data["marginal"]]
-    for inter in data["interactions"]:
-        fa, fb = inter["factors"]
-        cols = sorted({c["b"] for c in inter["cells"]}, key=str)
-        lines += ["", f"## Interaction {fa} × {fb} (mean {a.metric})", "",
-                  f"| {fa} \\ {fb} | " + " | ".join(map(str, cols)) + " |",
-                  "|---|" + "---|" * len(cols)]
-        for row in sorted({c["a"] for c in inter["cells"]}, key=str):
-            means = {c["b"]: c["mean"] for c in inter["cells"] if c["a"] == row}
-            lines.append(f"| {row} | " + " | ".join(
-                f"{means[b]:.4f}" if b in means else "–" for b in cols) + " |")
-    best = data["best"]
-    if best["overall"]:
-        def fmt(c):
-            return ", ".join(f"{f}={c[f]}" for f in a.factors) + f" ({c['mean']:.4f}, n={c['n']})"
-        lines += ["", f"## Best configurations ({a.mode} mean)", "",
-                  f"- overall: {fmt(best['overall'])}"]
-        lines += [f"- {r['factor']}={r['level']}: {fmt(r['best'])}" for r in best["per_level"]]
-    if data["importance"]:
-        lines += ["", "## Factor importance (Optuna fANOVA)", ""]
-        lines += [f"- {k}: {v:.3f}" for k, v in data["importance"].items()]
-    if data["paired"]:
-        lines += ["", "## Paired comparisons", "",
-                  "Trials matched on every other factor and the seed; Δ = b − a; "
-                  "Holm-corrected over all rows.", "", paired_markdown(data["paired"], a.metric)]
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, list[Path]]:
-    """Rebuild `comparison.md` and `report.html` of a study directory from its own files."""
-    from pitfalls.results.html import REPORT_FILE, render_html
-
-    results, analysis = read_results(study_dir / RESULTS_FILE), analysis_of_study(spec)
-    data = comparison_data(results, analysis)
-    text = comparison_markdown(results, analysis, data)
-    (study_dir / COMPARISON_FILE).write_text(text)
-    (study_dir / REPORT_FILE).write_text(render_html(results, analysis, data))
-    return text, [study_dir / COMPARISON_FILE, study_dir / REPORT_FILE]

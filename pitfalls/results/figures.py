@@ -1,33 +1,16 @@
-"""A self-contained HTML report: the comparison tables plus matplotlib figures (inline PNGs)."""
+"""The report's figures (matplotlib, inline PNG data URIs): marginal effects, interaction
+heatmaps and learning curves, from `comparison_data` and the results table."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pitfalls.results.report import Analysis, comparison_data, with_factor_columns
-
-# Marks the page as rendered: figures loaded (naturalWidth > 0) out of all, and any JS error.
-_CHECK = """<script>
-window.onerror = function (m) { document.body.dataset.jsError = String(m); };
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.dataset.figures = ok + '/' + imgs.length;
-});
-</script>"""
-_STYLE = """<style>
-body { font-family: sans-serif; margin: 2em; max-width: 1100px; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
-</style>"""
+from pitfalls.results.analysis import Analysis
 
 
 def _png(fig) -> str:
@@ -39,18 +22,6 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return html.escape("–" if v is None else str(v))
-
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>"
-                   for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _xticks(ax, x, labels: list[str]) -> None:
     """Tick labels, slanted when long (a linked factor's `videos_per_batch=1, seq_len=64`)."""
     if max(map(len, labels), default=0) > 10:
@@ -59,7 +30,8 @@ def _xticks(ax, x, labels: list[str]) -> None:
         ax.set_xticks(x, labels)
 
 
-def _figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]]:
+def figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]]:
+    """(title, PNG data URI) of every figure of the report."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,33 +95,3 @@ def _figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]
     fig.suptitle("Learning curves per level (mean over trials)", y=1.04)
     figs.append(("Learning curves", _png(fig)))
     return figs
-
-
-REPORT_FILE = "report.html"
-
-
-def render_html(results: pa.Table, a: Analysis, data: dict | None = None) -> str:
-    results = with_factor_columns(results, a)
-    data = data or comparison_data(results, a)
-    cols = [*a.factors, "n", "mean", "std", "ci95_low", "ci95_high", "failed"]
-    parts = [f"<h1>{html.escape(a.name)}: {html.escape(a.metric)} ({a.mode})</h1>",
-             f"<p>{results.num_rows} trials; metric at the last epoch; mean ± sample std over "
-             f"{'seeds' if a.paired else 'trials'}, 95% t intervals. Statistics: see docs/results.md.</p>",
-             "<h2>Factor combinations</h2>", _table(data["combinations"], cols)]
-    for title, uri in _figures(results, a, data):
-        parts += [f"<h2>{html.escape(title)}</h2>", f'<img alt="{html.escape(title)}" src="{uri}">']
-    parts += ["<h2>Marginal effects</h2>",
-              _table(data["marginal"], ["factor", "level", "n", "mean", "ci95_low", "ci95_high"])]
-    if data["best"]["overall"]:
-        parts += ["<h2>Best configuration</h2>", _table([data["best"]["overall"]], [*a.factors, "n", "mean"])]
-    if data["importance"]:
-        parts += ["<h2>Factor importance (Optuna fANOVA)</h2>",
-                  _table([{"factor": k, "importance": v} for k, v in data["importance"].items()],
-                         ["factor", "importance"])]
-    if data["paired"]:
-        parts += ["<h2>Paired comparisons (Holm-corrected)</h2>",
-                  _table(data["paired"], ["factor", "level_a", "level_b", "pairs", "mean_diff", "d_z",
-                                          "p_t", "p_t_holm", "p_wilcoxon", "p_wilcoxon_holm"])]
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
-            f"{html.escape(a.name)} report</title>{_STYLE}</head><body>"
-            + "\n".join(parts) + _CHECK + "</body></html>\n")

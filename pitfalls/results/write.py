@@ -1,0 +1,25 @@
+"""Writing a study's reports: `comparison.md` and `report.html`, each appearing whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pitfalls.config import StudySpec
+from pitfalls.fileio import atomic_write
+from pitfalls.results.analysis import analysis_of_study, comparison_data
+from pitfalls.results.render_html import render_html
+from pitfalls.results.render_md import comparison_markdown
+from pitfalls.results.store import RESULTS_FILE, read_results
+
+COMPARISON_FILE = "comparison.md"
+REPORT_FILE = "report.html"
+
+
+def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, list[Path]]:
+    """Rebuild `comparison.md` and `report.html` of a study directory from its own files."""
+    results, analysis = read_results(study_dir / RESULTS_FILE), analysis_of_study(spec)
+    data = comparison_data(results, analysis)
+    text = comparison_markdown(results, analysis, data)
+    atomic_write(study_dir / COMPARISON_FILE, text)
+    atomic_write(study_dir / REPORT_FILE, render_html(results, analysis, data))
+    return text, [study_dir / COMPARISON_FILE, study_dir / REPORT_FILE]
