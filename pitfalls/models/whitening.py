@@ -3,9 +3,9 @@
 All three whiten channels in groups of `group_size` (when the channel count is not divisible,
 the group size is gcd(channels, group_size): the largest size <= group_size dividing both).
 Every frame and every spatial position is a sample: an input (N, C, H, W) gives N*H*W samples
-per channel. Like BN they use batch statistics in train mode (so they are batch-dependent and can leak future frames) and
-running estimates in eval mode. `freeze_statistics()` makes a layer use its running estimates
-for good (frozen stages), with the affine still in place.
+per channel. Like BN they use batch statistics in train mode (so they are batch-dependent and
+can leak future frames) and running estimates in eval mode. `freeze_statistics()` makes a layer
+use its running estimates for good (frozen stages), with the affine still in place.
 
 IterNorm (Huang et al., "Iterative Normalization: Beyond Standardization towards Efficient
 Whitening", CVPR 2019, Algorithm 1). Per group, with centred samples Xc (G x m):
