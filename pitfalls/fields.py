@@ -200,12 +200,12 @@ class Tagged:
         return tuple(items) if self.many else value
 
     def __get_pydantic_core_schema__(self, source, handler):
-        from typing import Annotated
+        from typing import Annotated, Union
 
         from pydantic import Field
         from pydantic_core import core_schema
 
-        union = (Annotated[self.members, Field(discriminator=self.tag)]
+        union = (Annotated[Union[self.members], Field(discriminator=self.tag)]  # noqa: UP007 - a tuple of types
                  if len(self.members) > 1 else self.members[0])
         schema = handler.generate_schema(tuple[union, ...] if self.many else union)
         default = getattr(self.members[0], self.tag)

@@ -38,12 +38,14 @@ class Param:
     default: Any = None  # for optional and nuisance parameters (None with `study_default`)
     study_default: str = ""  # the study field that gives the default, e.g. "model.backbone"
     upgrade: Any = None  # its value in results files written before it existed (else null)
+    record_fixed: bool = True  # when no factor sets it, the results still record its value
     doc: str = ""
 
 
 def param(role: str, target: str, default: Any = MISSING, *, study_default: str = "",
-          upgrade: Any = None, doc: str = ""):
-    info = Param(role, target, None if default is MISSING else default, study_default, upgrade, doc)
+          upgrade: Any = None, record_fixed: bool = True, doc: str = ""):
+    info = Param(role, target, None if default is MISSING else default, study_default, upgrade,
+                 record_fixed, doc)
     return field(default=default, metadata={"param": info})
 
 
@@ -63,7 +65,7 @@ class TrialParams:
         doc="carry the head's state (detached) across consecutive chunks of a video")
     # as a factor: PreciseBN (evaluation.precise_bn_batches) vs the EMA running statistics; when
     # not swept, evaluation.precise_bn_batches alone decides (see `study_precise_bn_batches`)
-    precise_bn: Annotated[bool, Bool()] = param(OPTIONAL, "loop", False,
+    precise_bn: Annotated[bool, Bool()] = param(OPTIONAL, "loop", False, record_fixed=False,
                                                 doc="PreciseBN statistics vs the EMA")
     lr: Annotated[float, Float(gt=0)] = param(NUISANCE, "optimizer", 1e-3, doc="AdamW learning rate")
     weight_decay: Annotated[float, Float(ge=0)] = param(NUISANCE, "optimizer", 1e-4,

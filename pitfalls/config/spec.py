@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Annotated, Any
 
 from pitfalls.config.metrics import TASKS
-from pitfalls.config.params import ABLATABLE, DEFAULTS, NUISANCE_DEFAULTS, STUDY_DEFAULTS, TrialParams
+from pitfalls.config.params import ABLATABLE, DEFAULTS, NUISANCE_DEFAULTS, PARAMS, STUDY_DEFAULTS, TrialParams
 from pitfalls.data.load import DATASETS, DatasetSpec
 from pitfalls.fields import FORBID_EXTRA, Bool, Float, Int, ListOf, Problem, Tagged, Text, Texts, one_of
 from pitfalls.models.heads import HEADS, LSTMHead
@@ -322,6 +322,13 @@ class StudySpec:
     def trial_params(self, config: Mapping[str, Any]) -> TrialParams:
         """A Tune config (factors, sampled nuisance, seed) -> the trial's full parameters."""
         return TrialConfig(self, TrialParams.from_dict(self.search_space.expand(config))).params
+
+    def recorded_params(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's parameters as its results row records them: a parameter no factor sets and
+        whose value alone means nothing (`precise_bn`: the study's evaluation decides) is null."""
+        flat = self.search_space.expand(config)
+        return {n: v if n in flat or PARAMS[n].record_fixed else None
+                for n, v in self.trial_params(config).as_dict().items()}
 
     def to_dict(self) -> dict:
         """The resolved study in the study-file shape, search space inlined; parses back as-is."""

@@ -31,9 +31,12 @@ def trial_row(study: str, trial_id: str, params: dict, history: list[dict], *, s
 
 
 def write_results(path: Path, rows: list[dict]) -> None:
-    """Write all rows (one per trial id, last wins) atomically: a reader never sees half a file."""
+    """Write all rows (one per trial id, last wins) atomically: a reader never sees half a file.
+    Rows are ordered by their parameters (then trial id), not by when trials finished, so the
+    same trials make the same file (and the same report) whatever the scheduling."""
     by_id = {r["trial_id"]: r for r in rows}
-    table = pa.Table.from_pylist(list(by_id.values()), schema=SCHEMA)
+    ordered = sorted(by_id.values(), key=lambda r: ([repr(r.get(k)) for k in PARAM_NAMES], r["trial_id"]))
+    table = pa.Table.from_pylist(ordered, schema=SCHEMA)
     with atomic_open(path) as f:
         pq.write_table(table, f)
 

@@ -142,7 +142,7 @@ class ResultsRecorder(Callback):
         self._event(trial, [])
         history = [m for _, m in sorted(self.history.get(tid, {}).items())]
         duration = sum(b - a for (t, _), (a, b) in self.spans.items() if t == tid)
-        params = self.spec.trial_params(trial.config).as_dict()  # a linked level: its parameters
+        params = self.spec.recorded_params(trial.config)  # a linked level: its parameters
         self.rows[tid] = trial_row(self.spec.name, tid, params, history, status=status, error=error,
                                    duration_s=duration, workers=self.spec.resources.workers)
         write_results(self.path, list(self.rows.values()))
