@@ -64,12 +64,13 @@ def study_problems(spec: StudySpec, raw: dict, valid: dict[str, bool], p: Proble
     if valid["model"] and spec.model.weights and "backbone" in space.param_values():
         p.add("model.weights", spec.model.weights, "is one backbone's weights file; a study that "
               "ablates the backbone cannot load it into every level")
-    if valid["model"]:
+    given = isinstance(raw.get("model"), dict) and "temporal_head" in raw["model"]
+    if valid["model"] and given:  # options for some heads only: the others would not compare fairly
+        listed = [h.type for h in spec.model.temporal_head]
         for where, head in space.param_levels("temporal_head"):
-            listed = [h.type for h in spec.model.temporal_head]
-            if head not in listed and len(listed) > 1:
-                p.add(f"{_FACTORS}.{where}", head, "has no options in model.temporal_head, which "
-                      f"lists {', '.join(listed)}: add its entry (or list only one head)")
+            if head not in listed:
+                p.add(f"{_FACTORS}.{where}", head, f"has no options in model.temporal_head (which "
+                      f"lists {', '.join(listed)}): add {{type: {head}, ...}} there")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,12 +78,30 @@ def study_problems(spec: StudySpec, raw: dict, valid: dict[str, bool], p: Proble
 # ---------------------------------------------------------------------------------------------
 
 
+def _norm_problem(info, norm) -> str | None:
+    if norm not in info.norms:
+        return (f"is not supported for {info.family} backbones ({info.name}); "
+                f"supported: {', '.join(info.norms)}")
+    return None
+
+
+def _frozen_problem(info, k) -> str | None:
+    if k > info.num_stages:
+        return f"is beyond {info.name}'s {info.num_stages} stages; valid: 0..{info.num_stages}"
+    return None
+
+
+# The model parameters whose values a backbone constrains, each with its check.
+BACKBONE_CHECKS = {"norm": _norm_problem, "frozen_stages": _frozen_problem}
+
+
 def _model_configs(spec: StudySpec) -> Iterator[dict[str, tuple[str, Any]]]:
-    """Every combination of the model parameters a trial can get, each value with the field
-    that set it: a grid crosses factors (a linked factor's levels stay together)."""
+    """Every combination of the backbone and the parameters it constrains that a trial can get,
+    each value with the field that set it: a grid crosses factors (a linked factor's levels stay
+    together)."""
     space = spec.search_space
     linked = space.linked
-    keys = ("backbone", "norm", "frozen_stages")
+    keys = ("backbone", *BACKBONE_CHECKS)
     axes = []
     for name, levels in space.factors:
         params = linked.get(name, (name,))
@@ -108,16 +127,9 @@ def _backbone_problems(spec: StudySpec, p: Problems) -> None:
         if info.error:
             p.add(where, name, info.error)
             continue
-        if "norm" in config:
-            npath, norm = config["norm"]
-            if norm not in info.norms:
-                p.add(npath, norm, f"is not supported for {info.family} backbones ({name}); "
-                      f"supported: {', '.join(info.norms)}")
-        if "frozen_stages" in config:
-            fpath, k = config["frozen_stages"]
-            if k > info.num_stages:
-                p.add(fpath, k, f"is beyond {name}'s {info.num_stages} stages; "
-                      f"valid: 0..{info.num_stages}")
+        for param, check in BACKBONE_CHECKS.items():
+            if param in config and (why := check(info, config[param][1])):
+                p.add(config[param][0], config[param][1], why)
 
 
 def _data_problems(spec: StudySpec, p: Problems) -> None:

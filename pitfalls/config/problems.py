@@ -135,7 +135,8 @@ def add_validation_error(p: Problems, error: Exception, base: str, root: Any,
             ctx = err.get("ctx", {})
             field = ctx.get("discriminator", "'type'").strip("'")
             expected = [x.strip().strip("'") for x in ctx.get("expected_tags", "").split(",")]
-            label = (what or {}).get(str(shown[-1]) if shown else "", field)
+            owner = next((str(x) for x in reversed(shown) if isinstance(x, str)), "")
+            label = (what or {}).get(owner, field)
             p.add(join(path, field), ctx.get("tag"), f"is not a known {label}; {choices(expected)}")
         elif kind in ("too_short", "too_long"):
             p.add(path, value, err["msg"].replace("Tuple", "list").lower())
