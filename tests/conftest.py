@@ -94,13 +94,21 @@ class MlflowServer:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` process (sqlite backend), started and stopped here."""
+def mlflow_server_process(tmp_path_factory):
+    """The session's real `mlflow server` process (sqlite backend): one start (~20 s on 2
+    cores) for every test that needs a server. A test may stop and restart it (an outage);
+    it must leave it running."""
     root = tmp_path_factory.mktemp("mlflow-server")
     server = MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}")
     server.start()
-    yield server.uri
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_process):
+    """The session's MLflow server's URI."""
+    return mlflow_server_process.uri
 
 
 # --- a throwaway PostgreSQL server -------------------------------------------------------------

@@ -66,9 +66,29 @@ def resource_problem(spec: StudySpec, capacity: dict[str, float]) -> str | None:
 
 
 def local_capacity() -> dict[str, float]:
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpu_count())}
+
+
+def gpu_count() -> int:
+    """This machine's visible NVIDIA GPUs, without importing torch (the driver never trains):
+    CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`, else torch where a GPU device exists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        try:
+            listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+            return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if not Path("/dev/nvidia0").exists():
+        return 0
     import torch
 
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    return torch.cuda.device_count()
 
 
 def _max_concurrent(spec: StudySpec, capacity: dict[str, float]) -> int:

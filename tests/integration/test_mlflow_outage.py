@@ -21,7 +21,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, MlflowServer
+from tests.conftest import ROOT
 from tests.helpers import tiny_study
 
 pytestmark = pytest.mark.integration
@@ -53,11 +53,8 @@ def _count_pending(dirs) -> int:
     return n
 
 
-def test_trial_survives_a_tracking_server_outage(tmp_path):
-    root = tmp_path / "server"
-    root.mkdir()
-    server = MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}")
-    server.start()
+def test_trial_survives_a_tracking_server_outage(tmp_path, mlflow_server_process):
+    server = mlflow_server_process  # the session's server: killed here, and restarted
 
     raw = tiny_study(name="outage", budget={"epochs": EPOCHS, "steps_per_epoch": STEPS})
     raw["search_space"]["factors"]["norm"] = ["group"]
@@ -103,7 +100,8 @@ def test_trial_survives_a_tracking_server_outage(tmp_path):
             proc.kill()
             proc.wait()
         output.close()
-        server.stop()
+        if server.proc is None:  # leave the session's server running for the other tests
+            server.start()
     log = (tmp_path / "run.log").read_text()
     print(f"first epoch logged after {first_epoch_s:.0f} s, server down 5 s + {restart_s:.0f} s "
           f"restart, study done after {time.monotonic() - t0:.0f} s; at most {most_pending[0]} "

@@ -6,21 +6,22 @@ none of the study's files, logs, params or tags may contain it.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from pitfalls.cli import main
 from tests.helpers import tiny_study
 
 pytestmark = pytest.mark.integration
 
 
-def test_optuna_study_on_postgres(mlflow_postgres_server, postgres, tmp_path):
+def test_optuna_study_on_postgres(mlflow_postgres_server, postgres, tmp_path, ray_session, capsys,
+                                  monkeypatch):
+    """`pitfalls run` in this process, on the session's Ray."""
     import optuna
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)  # the run sets it; undone after the test
 
     raw = tiny_study(name="pg-optuna", searcher={"type": "optuna", "sampler": "random",
                                                  "num_samples": 3, "seed": 0},
@@ -28,11 +29,11 @@ def test_optuna_study_on_postgres(mlflow_postgres_server, postgres, tmp_path):
     study_file = tmp_path / "pg-optuna.yaml"
     study_file.write_text(yaml.safe_dump(raw))
     optuna_url = postgres.url("optuna")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pitfalls.cli", "run", str(study_file), "--storage", str(tmp_path),
-         "--mlflow-uri", mlflow_postgres_server.uri, "--optuna-storage", optuna_url],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    capsys.readouterr()
+    rc = main(["run", str(study_file), "--storage", str(tmp_path), "--mlflow-uri",
+               mlflow_postgres_server.uri, "--optuna-storage", optuna_url])
+    output = capsys.readouterr()
+    assert rc == 0, output.out[-3000:] + output.err[-3000:]
     study_dir = tmp_path / "pg-optuna"
 
     client = MlflowClient(mlflow_postgres_server.uri)
@@ -60,7 +61,7 @@ def test_optuna_study_on_postgres(mlflow_postgres_server, postgres, tmp_path):
         for name, values in (("params", run.data.params), ("tags", run.data.tags)):
             leaked = [k for k, v in values.items() if secret in str(v)]
             assert not leaked, f"the database password is in run {run.info.run_id}'s {name}: {leaked}"
-    assert secret not in proc.stdout + proc.stderr
+    assert secret not in output.out + output.err
     assert secret not in mlflow_postgres_server.log_path.read_text()
     # Ray Tune pickles the OptunaSearch, its storage URL included, into tune/*.pkl: the password
     # was moved out of the URL (into the driver's PGPASSWORD), so no file may hold it.

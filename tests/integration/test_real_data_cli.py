@@ -1,5 +1,6 @@
 """Real-data studies as a user runs them: `pitfalls data check/pack`, then `pitfalls run` on a
-`frames` dataset (carry_hidden swept) and on a packed Cholec80 store (anticipation)."""
+`frames` dataset (carry_hidden swept) and on a packed Cholec80 store (anticipation). The
+studies run through the CLI's `main` in this process, on the session's Ray."""
 
 import json
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pitfalls.cli import main
 from tests.conftest import ROOT
 from tests.datasets import write_cholec80, write_frames_dataset
 
@@ -19,6 +21,14 @@ pytestmark = pytest.mark.integration
 def _cli(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "pitfalls.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def _run(capsys, *args) -> tuple[int, str, str]:
+    """`pitfalls ARGS` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    rc = main([*map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
 def _study(tmp_path, name, dataset, **extra):
@@ -37,7 +47,7 @@ def _study(tmp_path, name, dataset, **extra):
     return path
 
 
-def test_frames_dataset_study_with_carried_hidden_state(tmp_path):
+def test_frames_dataset_study_with_carried_hidden_state(tmp_path, ray_session, capsys):
     data = tmp_path / "data"
     write_frames_dataset(data, {"a": 9, "b": 10, "c": 12, "d": 11, "e": 13}, size=(20, 16))
     study = _study(tmp_path, "frames_carry",
@@ -47,9 +57,9 @@ def test_frames_dataset_study_with_carried_hidden_state(tmp_path):
     raw["search_space"]["factors"]["carry_hidden"] = [False, True]
     study.write_text(yaml.safe_dump(raw))
 
-    proc = _cli("run", study, "--storage", tmp_path / "runs")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "| carry_hidden |" in proc.stdout
+    rc, out, err = _run(capsys, "run", study, "--storage", tmp_path / "runs")
+    assert rc == 0, out[-3000:] + err[-3000:]
+    assert "| carry_hidden |" in out
     table = pq.read_table(tmp_path / "runs" / "frames_carry" / "results.parquet")
     assert sorted(table["carry_hidden"].to_pylist()) == [False, True]
     assert set(table["status"].to_pylist()) == {"completed"}
@@ -61,7 +71,7 @@ def test_frames_dataset_study_with_carried_hidden_state(tmp_path):
     assert sorted(c.data.params["carry_hidden"] for c in children) == ["False", "True"]
 
 
-def test_cholec80_check_pack_and_anticipation_study_from_the_store(tmp_path):
+def test_cholec80_check_pack_and_anticipation_study_from_the_store(tmp_path, ray_session, capsys):
     data = tmp_path / "cholec80"
     write_cholec80(data, {1: 14, 2: 12, 3: 13, 4: 12, 5: 15}, size=(24, 20))
     proc = _cli("data", "check", "cholec80", data, "--json", timeout=120)
@@ -81,9 +91,9 @@ def test_cholec80_check_pack_and_anticipation_study_from_the_store(tmp_path):
         "store": str(store), "frame_size": [16, 16],
         "split": {"train": [1, 2, 3], "val": [4], "test": [5]}}},
         task={"name": "anticipation", "horizon": 0.1})
-    proc = _cli("run", study, "--storage", tmp_path / "runs")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "val_wMAE" in proc.stdout
+    rc, out, err = _run(capsys, "run", study, "--storage", tmp_path / "runs")
+    assert rc == 0, out[-3000:] + err[-3000:]
+    assert "val_wMAE" in out
     table = pq.read_table(tmp_path / "runs" / "cholec_anticipation" / "results.parquet")
     assert table["status"].to_pylist() == ["completed"]
     wmae = table["final_val_wMAE"].to_pylist()[0]

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pitfalls.cli import main
 from tests.conftest import ROOT
 from tests.helpers import tiny_study
 
@@ -51,7 +52,10 @@ def _completed(study_dir) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("seed,storage", [(0, "local"), (5, "local"), (1, "s3")])
-def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, storage, request):
+def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, storage, request,
+                                                           ray_session, capsys, monkeypatch):
+    """The killed driver is a process of its own (its own Ray, killed with it); `pitfalls
+    resume` and `pitfalls report` then run in this process, on the session's Ray."""
     rng = np.random.default_rng(seed)
     kill_after_line = int(rng.integers(3, LINES - 1))  # a random point between start and end
     extra_delay = float(rng.uniform(0, 2))
@@ -90,10 +94,13 @@ def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, stora
         done_before = _completed(study_dir)
         tracking = f"sqlite:///{study_dir / 'mlflow.db'}"
 
-    resumed = subprocess.run(_cli("resume", resume_from), cwd=ROOT, capture_output=True, text=True,
-                             timeout=600, env=env)
-    context = f"killed after line {kill_after_line}:\n{''.join(seen)}\n{resumed.stdout[-2000:]}{resumed.stderr[-3000:]}"
-    assert resumed.returncode == 0, context
+    for key in ("PITFALLS_CACHE", *(s3.env if storage == "s3" else ())):
+        monkeypatch.setenv(key, env[key])
+    capsys.readouterr()
+    rc = main(["resume", str(resume_from)])
+    resumed = capsys.readouterr()
+    context = f"killed after line {kill_after_line}:\n{''.join(seen)}\n{resumed.out[-2000:]}{resumed.err[-3000:]}"
+    assert rc == 0, context
 
     rows = pq.read_table(study_dir / "results.parquet").to_pylist()
     assert len(rows) == TRIALS and len({r["trial_id"] for r in rows}) == TRIALS, context
@@ -104,11 +111,10 @@ def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, stora
 
     if storage == "s3":  # the bucket holds the final results too, and the report reads them
         assert _completed(_pulled(resume_from, tmp_path / "peek-after")) == _completed(study_dir)
-        env["PITFALLS_CACHE"] = str(tmp_path / "machine-c")
-        report = subprocess.run(_cli("report", resume_from, "--format", "json"), cwd=ROOT,
-                                capture_output=True, text=True, timeout=120, env=env)
-        assert report.returncode == 0, report.stderr
-        assert sum(c["n"] for c in json.loads(report.stdout)["combinations"]) == TRIALS
+        monkeypatch.setenv("PITFALLS_CACHE", str(tmp_path / "machine-c"))
+        assert main(["report", str(resume_from), "--format", "json"]) == 0
+        report = capsys.readouterr().out
+        assert sum(c["n"] for c in json.loads(report)["combinations"]) == TRIALS
     client = MlflowClient(tracking)
     exp = client.get_experiment_by_name("killed")
     runs = client.search_runs([exp.experiment_id])

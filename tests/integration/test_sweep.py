@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pitfalls.cli import main
 from pitfalls.config import parse_study
 from pitfalls.sweep.driver import StudyExistsError, run_study
 from tests.helpers import tiny_study
@@ -28,7 +27,7 @@ def _runs(uri: str, experiment: str):
     return client, parents, children
 
 
-def test_grid_sweep_logs_to_a_real_mlflow_server(ray_session, mlflow_server, tmp_path):
+def test_grid_sweep_logs_to_a_real_mlflow_server(ray_session, mlflow_server, tmp_path, capsys):
     spec = parse_study(tiny_study(name="grid-server", evaluation={"probes": True}))
     out = io.StringIO()
     outcome = run_study(spec, tmp_path / "grid-server", tracking_uri=mlflow_server, out=out)
@@ -66,17 +65,15 @@ def test_grid_sweep_logs_to_a_real_mlflow_server(ray_session, mlflow_server, tmp
     # `pitfalls report DIR` rebuilds the same table from the study directory alone
     before = (tmp_path / "grid-server" / "comparison.md").read_text()
     (tmp_path / "grid-server" / "comparison.md").unlink()
-    proc = subprocess.run([sys.executable, "-m", "pitfalls.cli", "report",
-                           str(tmp_path / "grid-server")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "grid-server")]) == 0, capsys.readouterr().err
     assert (tmp_path / "grid-server" / "comparison.md").read_text() == before
 
     # the same comparison from the MLflow experiment alone (a study run elsewhere)
-    proc = subprocess.run([sys.executable, "-m", "pitfalls.cli", "report", "--mlflow-experiment",
-                           "grid-server", "--mlflow-uri", mlflow_server, "--format", "json"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    from_mlflow = {c["norm"]: (c["n"], c["mean"]) for c in json.loads(proc.stdout)["combinations"]}
+    capsys.readouterr()
+    assert main(["report", "--mlflow-experiment", "grid-server", "--mlflow-uri", mlflow_server,
+                 "--format", "json"]) == 0
+    from_mlflow = {c["norm"]: (c["n"], c["mean"]) for c in json.loads(capsys.readouterr().out)["combinations"]}
     assert from_mlflow == {k: (1, pytest.approx(v)) for k, v in parquet_final.items()}
 
     with pytest.raises(StudyExistsError):
@@ -126,3 +123,36 @@ def test_multi_worker_trial_runs_ddp_in_ray_train(ray_session, tmp_path):
     sizes = client.get_metric_history(children[0].info.run_id, "world_size")
     assert [m.value for m in sizes] == [2.0, 2.0]  # one value per epoch: a single writer
     assert (tmp_path / "ddp" / "train").is_dir()  # the Ray Train run lives in the study dir
+
+
+def test_backbone_and_temporal_head_are_factors_like_norm(ray_session, tmp_path):
+    """Model parameters as factors, end to end: every level is validated and trained, recorded
+    as MLflow params and result columns, and compared in the report like any factor."""
+    raw = tiny_study(name="model-factors", budget={"epochs": 1, "steps_per_epoch": 2},
+                     model={"backbone": "test_resnet",
+                            "temporal_head": [{"type": "lstm", "hidden_size": 8},
+                                              {"type": "gru", "hidden_size": 8}]})
+    raw["search_space"]["factors"] = {"backbone": ["test_resnet", "test_efficientnet"],
+                                      "temporal_head": ["lstm", "gru"], "norm": ["batch", "group"],
+                                      "frozen_stages": [1], "seq_len": [4], "videos_per_batch": [2]}
+    spec = parse_study(raw)
+    assert spec.num_trials == 8 and spec.search_space.varied_factors[:2] == ["backbone", "temporal_head"]
+    study_dir = tmp_path / "model-factors"
+    outcome = run_study(spec, study_dir, out=io.StringIO())
+    assert (outcome.completed, outcome.failed) == (8, 0)
+
+    _, _, children = _runs(f"sqlite:///{study_dir / 'mlflow.db'}", "model-factors")
+    cells = {(c.data.params["backbone"], c.data.params["temporal_head"], c.data.params["norm"])
+             for c in children}
+    assert len(children) == 8 and len(cells) == 8  # the full grid, each cell once
+    rows = pq.read_table(study_dir / "results.parquet").to_pylist()
+    assert {(r["backbone"], r["temporal_head"], r["norm"]) for r in rows} == cells
+    assert all(r["status"] == "completed" and r["final_val_accuracy"] is not None for r in rows)
+
+    table = (study_dir / "comparison.md").read_text()
+    assert "| backbone | temporal_head | norm | n |" in table
+    for backbone in ("test_resnet", "test_efficientnet"):
+        for head in ("lstm", "gru"):
+            assert f"| {backbone} | {head} | batch | 1 |" in table, table
+    assert "| backbone | test_efficientnet → test_resnet | 4 |" in table  # paired over the rest
+    assert "| temporal_head | gru → lstm | 4 |" in table

@@ -13,15 +13,23 @@ import pytest
 import torch
 
 from pitfalls.config import TrialConfig, parse_study
-from pitfalls.config.metrics import (AFTER_TRAINING_METRICS, METRICS, RESULT_METRICS, TASKS,
-                                     default_metric, names, task_metrics)
+from pitfalls.config.metrics import (
+    AFTER_TRAINING_METRICS,
+    METRICS,
+    RESULT_METRICS,
+    TASKS,
+    default_metric,
+    names,
+    task_metrics,
+)
 from pitfalls.config.params import CORE_FACTORS, PARAMS, TrialParams
 from pitfalls.config.spec import TaskSpec
 from pitfalls.fields import choices_of
 from pitfalls.models.heads import HEADS
 from pitfalls.models.norms import NORMS, NormOptions
 from pitfalls.probes.registry import COLUMNS, PROBES
-from pitfalls.results.schema import PARAM_NAMES, PROBES as SCHEMA_PROBES, SCHEMA, SCHEMA_VERSION
+from pitfalls.results.schema import PARAM_NAMES, SCHEMA, SCHEMA_VERSION
+from pitfalls.results.schema import PROBES as SCHEMA_PROBES
 from tests.conftest import ROOT
 from tests.helpers import lstm_model, tiny_params, tiny_study
 
@@ -103,7 +111,7 @@ def test_probe_columns_are_the_schema_columns_and_what_the_probes_fill():
 
 def test_trial_parameters_are_declared_once_and_everything_takes_them_from_there():
     assert CORE_FACTORS == ("norm", "frozen_stages", "seq_len", "videos_per_batch")
-    assert PARAM_NAMES == list(PARAMS)  # the results' parameter columns
+    assert list(PARAMS) == PARAM_NAMES  # the results' parameter columns
     params = tiny_params()
     assert list(params.as_dict()) == list(PARAMS)  # the MLflow params
     with pytest.raises(TypeError):
