@@ -207,8 +207,9 @@ def load_repro_studies(weights: Path | None, seeds: list[int] | None = None,
 
 def reproduce(out_dir: Path, *, address: str | None = None, tracking_uri: str | None = None,
               seeds: list[int] | None = None, steps_per_epoch: int | None = None,
-              out: TextIO = sys.stdout) -> Reproduction:
+              out: TextIO | None = None) -> Reproduction:
     """Run (or resume) the three studies in `out_dir`, then test every finding."""
+    out = out or sys.stdout
     from pitfalls.repro_pretrain import pretrain_backbone
     from pitfalls.results import read_results
     from pitfalls.sweep.driver import resume_study, run_study, study_changes

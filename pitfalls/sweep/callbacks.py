@@ -34,12 +34,20 @@ def _error_text(trial) -> str:
 class ConsoleProgress(Callback):
     """Prints `[k/N] trial params | status epoch e/E metric=v` lines instead of Tune's tables."""
 
-    def __init__(self, spec: StudySpec, out: TextIO = sys.stdout):
-        self.spec, self.out = spec, out
+    def __init__(self, spec: StudySpec, out: TextIO | None = None):
+        self.spec, self.out = spec, out or sys.stdout
         self.keys = [*spec.search_space.varied_params, "seed"]
         if spec.searcher.type == "optuna":
             self.keys += [n for n, _ in spec.search_space.nuisance]
         self.index: dict[str, int] = {}
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks into the study's state: not the stream (it may not pickle,
+        and a resumed driver prints to its own stdout)."""
+        return {k: v for k, v in self.__dict__.items() if k != "out"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, out=sys.stdout)
 
     def _line(self, trial, status: str, detail: str) -> None:
         k = self.index.setdefault(trial.trial_id, len(self.index) + 1)

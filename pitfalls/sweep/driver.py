@@ -214,8 +214,10 @@ def _open_parent_run(spec: StudySpec, study_dir: Path, uri: str) -> StudyRun:
 
 def run_study(spec: StudySpec, study_dir: Path | StudyStorage, *, tracking_uri: str | None = None,
               address: str | None = None, optuna_storage: str | None = None,
-              out: TextIO = sys.stdout) -> StudyOutcome:
-    """Start a new study in `study_dir` (a directory or a `StudyStorage`; must not hold one)."""
+              out: TextIO | None = None) -> StudyOutcome:
+    """Start a new study in `study_dir` (a directory or a `StudyStorage`; must not hold one).
+    Progress goes to `out` (default: this process's stdout at the time of the call)."""
+    out = out or sys.stdout
     storage = study_dir if isinstance(study_dir, StudyStorage) else local_storage(study_dir)
     if problem := _remote_problem(spec, storage, tracking_uri, optuna_storage):
         raise StudySetupError(problem)
@@ -269,7 +271,7 @@ def load_study_dir(study_dir: Path) -> tuple[StudySpec, dict]:
 
 def resume_study(study_dir: Path | str | StudyStorage, *, tracking_uri: str | None = None,
                  address: str | None = None, optuna_storage: str | None = None,
-                 out: TextIO = sys.stdout) -> StudyOutcome:
+                 out: TextIO | None = None) -> StudyOutcome:
     """Continue an interrupted study: finished trials stay as they are, unfinished and failed
     ones continue from their last checkpoint, in the same MLflow runs and Parquet rows.
 
@@ -279,6 +281,7 @@ def resume_study(study_dir: Path | str | StudyStorage, *, tracking_uri: str | No
     from pitfalls.sweep.callbacks import HISTORY_FILE
     from pitfalls.sweep.storage import StorageError, tune_state_problem
 
+    out = out or sys.stdout
     try:
         storage = (study_dir if isinstance(study_dir, StudyStorage)
                    else existing_study_storage(str(study_dir)))

@@ -94,12 +94,11 @@ def test_a_gpu_study_is_planned_with_the_gpus_precision():
     assert fast.precision == "bf16" and fast.channels_last
 
 
-def test_plan_cli_on_a_shipped_study():
-    proc = subprocess.run([sys.executable, "-m", "pitfalls.cli", "plan",
-                           str(ROOT / "studies" / "quickstart.yaml"), "--gpu-memory", "16"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+def test_plan_cli_on_a_shipped_study(capsys):
+    from pitfalls.cli import main
+
+    assert main(["plan", str(ROOT / "studies" / "quickstart.yaml"), "--gpu-memory", "16"]) == 0
+    out = capsys.readouterr().out
     assert "plan: quickstart: 8 trials (grid), 4 configuration(s)" in out
     assert "memory budget 16.00 GiB (--gpu-memory 16 GB)" in out
     assert out.count("| yes |") == 4 and "compute on this cpu" in out
