@@ -42,6 +42,10 @@ from pitfalls.config.spec import (
     study_precise_bn_batches,
 )
 
+# The dataset options classes, where Tune states pickled by earlier versions name them.
+from pitfalls.data.cholec80 import Cholec80Options  # noqa: F401
+from pitfalls.data.frames import FramesOptions  # noqa: F401
+
 _PARSE = ("load_search_space", "load_study", "name_problem", "parse_search_space", "parse_study",
           "read_yaml")
 

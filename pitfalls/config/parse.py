@@ -125,8 +125,9 @@ def _fields(cls: type, raw: dict, path: str, p: Problems) -> tuple[Any, bool]:
         good = {}
         for name, hint in field_types(cls).items():
             if name in raw:
-                value = _validate(hint, raw[name], path, Problems())
-                if value is None and raw[name] is not None:
+                alone = Problems()
+                value = _validate(hint, raw[name], path, alone)
+                if alone:
                     failed.add(name)
                 else:
                     good[name] = value

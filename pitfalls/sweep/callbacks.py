@@ -13,7 +13,7 @@ from ray.tune import Callback
 
 from pitfalls.config import StudySpec
 from pitfalls.results.store import RESULTS_FILE, trial_row, write_results
-from pitfalls.sweep.storage import StudyStorage, bound
+from pitfalls.sweep.storage import StudyStorage, bound, bound_spec
 
 
 def _short(config: dict, keys: list[str]) -> str:
@@ -48,6 +48,7 @@ class ConsoleProgress(Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, out=sys.stdout)
+        self.spec = bound_spec(self.spec)
 
     def _line(self, trial, status: str, detail: str) -> None:
         k = self.index.setdefault(trial.trial_id, len(self.index) + 1)
@@ -111,6 +112,7 @@ class ResultsRecorder(Callback):
         from pitfalls.results.store import read_results
 
         self.storage = bound(getattr(self, "storage", None))  # this driver's, not the pickled one's
+        self.spec = bound_spec(self.spec)
         self.session = uuid.uuid4().hex[:8]
         self.history, self.spans, self.rows = {}, {}, {}
         if self.path.exists():

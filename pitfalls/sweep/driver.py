@@ -321,7 +321,7 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
     from pitfalls.sweep.storage import bind
 
     study_dir = storage.local
-    bind(storage)
+    bind(storage, spec)
     recorder = ResultsRecorder(spec, storage)
     try:  # whatever happens from here on, the parent run is closed with an honest status
         init_ray(address, study_dir / "logs" / "ray.log")

@@ -216,20 +216,27 @@ def local_storage(study_dir: Path) -> StudyStorage:
 
 
 _CURRENT: StudyStorage | None = None
+_CURRENT_SPEC = None
 
 
-def bind(storage: StudyStorage | None) -> None:
+def bind(storage: StudyStorage | None, spec=None) -> None:
     """Declare the storage of the study this driver process runs.
 
     Tune pickles its callbacks into the study's state and unpickles them on resume, possibly on
     another machine whose working directory differs: they look the storage up here instead.
     """
-    global _CURRENT
-    _CURRENT = storage
+    global _CURRENT, _CURRENT_SPEC
+    _CURRENT, _CURRENT_SPEC = storage, spec
 
 
 def bound(default: StudyStorage) -> StudyStorage:
     return _CURRENT or default
+
+
+def bound_spec(default):
+    """The study this driver runs, as this code parses it (a pickled callback may hold the
+    study as an older version of the code built it)."""
+    return _CURRENT_SPEC or default
 
 
 def study_storage(location: str, name: str) -> StudyStorage:

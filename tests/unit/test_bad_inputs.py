@@ -48,6 +48,7 @@ CASES = [
     ("bool-for-number", _study(resources={"workers": True}), "resources.workers: True must be an integer"),
     ("bool-for-float", _study(resources={"cpus_per_worker": True}), "resources.cpus_per_worker: True must be a number"),
     ("string-for-bool", _study(evaluation={"probes": "yes"}), "evaluation.probes: 'yes' must be true or false"),
+    ("null-for-int", _with(["dataset", "options", "max_phase_frames"], None), "dataset.options.max_phase_frames: None must be an integer"),
     ("nan", _study(augmentation={"brightness": float("nan")}), "augmentation.brightness: nan must be a finite number"),
     ("infinity", _study(resources={"cpus_per_worker": float("inf")}), "resources.cpus_per_worker: inf must be a finite number"),
     ("negative-count", _study(budget={"steps_per_epoch": -1}), "budget.steps_per_epoch: -1 must be >= 1"),
