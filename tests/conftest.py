@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -56,28 +57,36 @@ class MlflowServer:
         self.log_path = root / "server.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 120) -> float:
-        """Start the server and wait until /health answers; return the seconds it took."""
+    def launch(self) -> None:
+        """Start the server process; `wait()` for it to answer."""
         exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                "MLFLOW_BACKEND_STORE_URI": self.backend_store_uri}
-        t0 = time.monotonic()
+        self.launched = time.monotonic()
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [exe, "server", "--artifacts-destination", str(self.root / "artifacts"),
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait(self, timeout_s: float = 120) -> float:
+        """Wait until /health answers; return the seconds since the launch."""
         while True:
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
                     if r.status == 200:
-                        return time.monotonic() - t0
+                        return time.monotonic() - self.launched
             except OSError:
                 pass
-            if self.proc.poll() is not None or time.monotonic() - t0 > timeout_s:
+            if self.proc.poll() is not None or time.monotonic() - self.launched > timeout_s:
                 self.stop()
                 raise RuntimeError(f"mlflow server did not start:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.25)
+
+    def start(self, timeout_s: float = 120) -> float:
+        """Start the server and wait until /health answers; return the seconds it took."""
+        self.launch()
+        return self.wait(timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the server and every process it started (its own process group)."""
@@ -93,14 +102,54 @@ class MlflowServer:
         self.proc = None
 
 
+# Servers the collected tests need are launched as soon as collection is done, so that their
+# start-up (~20 s each on 2 cores) overlaps the tests that run before their first user.
+_EARLY: dict[str, object] = {}
+
+
+def pytest_collection_finish(session) -> None:
+    used = {f for item in session.items for f in getattr(item, "fixturenames", ())}
+    if used & {"mlflow_server", "mlflow_server_process"}:
+        root = Path(tempfile.mkdtemp(prefix="pitfalls-mlflow-"))
+        server = MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}")
+        server.launch()
+        _EARLY["mlflow"] = server
+    if used & {"postgres", "postgres_url", "mlflow_postgres_server"}:
+        _EARLY["postgres"] = _Background(_start_postgres, "mlflow_postgres_server" in used)
+
+
+class _Background(threading.Thread):
+    """A function run in a thread; `result()` joins it and returns (or raises) what it did."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.value, self.error = fn, args, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn(*self.args)
+        except BaseException as e:
+            self.error = e
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 @pytest.fixture(scope="session")
 def mlflow_server_process(tmp_path_factory):
     """The session's real `mlflow server` process (sqlite backend): one start (~20 s on 2
-    cores) for every test that needs a server. A test may stop and restart it (an outage);
-    it must leave it running."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    server = MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}")
-    server.start()
+    cores, launched when collection ends) for every test that needs a server. A test may stop
+    and restart it (an outage); it must leave it running."""
+    server = _EARLY.pop("mlflow", None)
+    if server is None:
+        root = tmp_path_factory.mktemp("mlflow-server")
+        server = MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}")
+        server.launch()
+    server.wait()
     yield server
     server.stop()
 
@@ -145,25 +194,33 @@ def postgres_bin_dir() -> Path | None:
     return Path(initdb).resolve().parent if initdb else None
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    """A PostgreSQL server for this test session: `initdb` into a temporary directory, started
-    with `pg_ctl` on a free port on 127.0.0.1 (password auth over TCP), with the databases
-    `mlflow` and `optuna`; stopped and deleted at the end. As root it runs as the `postgres`
-    system user (PostgreSQL refuses to run as root)."""
-    # .ci/run sets PITFALLS_REQUIRE_POSTGRES=1: there a missing server fails instead of skipping
-    unavailable = pytest.fail if os.environ.get("PITFALLS_REQUIRE_POSTGRES") == "1" else pytest.skip
+class _Unavailable(Exception):
+    """No PostgreSQL server can be run here (the reason is the message)."""
+
+
+@dataclass
+class _Started:
+    postgres: Postgres
+    stop: object  # () -> None
+    mlflow: "MlflowServer | None" = None  # an MLflow server on it, launched (not yet waited for)
+
+
+def _start_postgres(with_mlflow: bool) -> _Started:
+    """`initdb` into a temporary directory, start it with `pg_ctl` on a free port on 127.0.0.1
+    (password auth over TCP), create the databases `mlflow` and `optuna`; and, if asked, launch
+    an MLflow server on the `mlflow` database. As root it runs as the `postgres` system user
+    (PostgreSQL refuses to run as root)."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
-        unavailable("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin or initdb "
-                    "on PATH); install Debian's `postgresql` package (.ci/run does)")
+        raise _Unavailable("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin or "
+                           "initdb on PATH); install Debian's `postgresql` package (.ci/run does)")
     as_user: list[str] = []
     if os.geteuid() == 0:
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            unavailable("running as root and there is no `postgres` system user to run "
-                        "PostgreSQL as (Debian's `postgresql` package creates it)")
+            raise _Unavailable("running as root and there is no `postgres` system user to run "
+                               "PostgreSQL as (Debian's `postgresql` package creates it)") from None
         as_user = ["runuser", "-u", "postgres", "--"]
     base = Path(tempfile.mkdtemp(prefix="pitfalls-pg-"))  # not under pytest's root-only tmp dir
     data = base / "data"
@@ -181,7 +238,11 @@ def postgres():
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
                                f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
-    started = False
+    def stop() -> None:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                        "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
     try:
         run(str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={base / 'pwfile'}",
             "--auth-host=scram-sha-256", "--auth-local=trust", "--encoding=UTF8",
@@ -191,22 +252,46 @@ def postgres():
             "-t", "60", "-o", f"-p {port} -c listen_addresses=127.0.0.1 "
             f"-c unix_socket_directories={base} -c fsync=off -c full_page_writes=off "
             f"-c synchronous_commit=off", "start")
-        started = True
-        import psycopg2
+    except BaseException:
+        stop()
+        raise
+    import psycopg2
 
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=password,
-                                dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for db in ("mlflow", "optuna"):
-                cur.execute(f"CREATE DATABASE {db}")
-        conn.close()
-        yield Postgres("127.0.0.1", port, PG_USER, password, ("mlflow", "optuna"))
-    finally:
-        if started:
-            subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                            "-w", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=password,
+                            dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for db in ("mlflow", "optuna"):
+            cur.execute(f"CREATE DATABASE {db}")
+    conn.close()
+    started = _Started(Postgres("127.0.0.1", port, PG_USER, password, ("mlflow", "optuna")), stop)
+    if with_mlflow:
+        root = Path(tempfile.mkdtemp(prefix="pitfalls-mlflow-pg-"))
+        started.mlflow = MlflowServer(root, started.postgres.url("mlflow"))
+        started.mlflow.launch()
+    return started
+
+
+@pytest.fixture(scope="session")
+def _postgres_started():
+    # .ci/run sets PITFALLS_REQUIRE_POSTGRES=1: there a missing server fails instead of skipping
+    unavailable = pytest.fail if os.environ.get("PITFALLS_REQUIRE_POSTGRES") == "1" else pytest.skip
+    early = _EARLY.pop("postgres", None)
+    try:
+        started = early.result() if early is not None else _start_postgres(False)
+    except _Unavailable as e:
+        unavailable(str(e))
+    yield started
+    if started.mlflow is not None:
+        started.mlflow.stop()
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(_postgres_started) -> Postgres:
+    """A PostgreSQL server for this test session (see `_start_postgres`), with the databases
+    `mlflow` and `optuna`; stopped and deleted at the end."""
+    return _postgres_started.postgres
 
 
 @pytest.fixture(scope="session")
@@ -216,14 +301,17 @@ def postgres_url(postgres) -> str:
 
 
 @pytest.fixture(scope="session")
-def mlflow_postgres_server(tmp_path_factory, postgres):
+def mlflow_postgres_server(tmp_path_factory, _postgres_started):
     """A real `mlflow server` whose backend store is the throwaway PostgreSQL's `mlflow`
     database (a password in the URL, given through the environment)."""
-    root = tmp_path_factory.mktemp("mlflow-pg-server")
-    server = MlflowServer(root, postgres.url("mlflow"))
-    server.start(timeout_s=180)
-    yield server
-    server.stop()
+    server = _postgres_started.mlflow
+    if server is None:
+        root = tmp_path_factory.mktemp("mlflow-pg-server")
+        server = MlflowServer(root, _postgres_started.postgres.url("mlflow"))
+        server.launch()
+        _postgres_started.mlflow = server
+    server.wait(timeout_s=180)
+    return server
 
 
 @dataclass(frozen=True)
