@@ -75,7 +75,7 @@ class TrialParams:
     backbone: Annotated[str, Text(what="a timm model name")] = param(
         OPTIONAL, "model", None, study_default="model.backbone", doc="timm model of the CNN")
     temporal_head: Annotated[str, one_of(*HEAD_NAMES, what="temporal head")] = param(
-        OPTIONAL, "model", None, study_default="model.temporal_head",
+        OPTIONAL, "model", None, study_default="model.default_head",
         doc="temporal head type (its options: model.temporal_head)")
 
     @classmethod

@@ -10,6 +10,7 @@ This module imports no torch and no pydantic: the training core builds these obj
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -311,13 +312,10 @@ class StudySpec:
         return self.searcher.num_samples
 
     def param_default(self, name: str) -> Any:
-        """A trial parameter's value where the search space does not set it."""
+        """A trial parameter's value where the search space does not set it: its declared
+        default, or the study field its declaration names (`model.backbone`)."""
         where = STUDY_DEFAULTS.get(name)
-        if where == "model.backbone":
-            return self.model.backbone
-        if where == "model.temporal_head":
-            return self.model.default_head
-        return DEFAULTS[name]
+        return functools.reduce(getattr, where.split("."), self) if where else DEFAULTS[name]
 
     def trial_params(self, config: Mapping[str, Any]) -> TrialParams:
         """A Tune config (factors, sampled nuisance, seed) -> the trial's full parameters."""
