@@ -26,8 +26,19 @@ def pydantic_check(check):
     return core_schema.no_info_plain_validator_function(check)
 
 
+class Marker:
+    """A constraint marker: `check(value)` returns the value (converted) or raises ValueError
+    with the message; pydantic calls the same `check` (through this hook) when it validates."""
+
+    def check(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def __get_pydantic_core_schema__(self, source, handler):
+        return pydantic_check(self.check)
+
+
 @dataclass(frozen=True)
-class Int:
+class Int(Marker):
     """An integer (not a bool) with optional bounds; None allowed if `optional`."""
 
     ge: int | None = None
@@ -46,12 +57,9 @@ class Int:
             raise ValueError(self.message or f"must be <= {self.le}")
         return value
 
-    def __get_pydantic_core_schema__(self, source, handler):
-        return pydantic_check(self.check)
-
 
 @dataclass(frozen=True)
-class Float:
+class Float(Marker):
     """A finite number (an integer is taken as a float; a bool is not a number)."""
 
     ge: float | None = None
@@ -76,23 +84,17 @@ class Float:
                 raise ValueError(self.message or f"must be {word} {bound:g}")
         return float(value)
 
-    def __get_pydantic_core_schema__(self, source, handler):
-        return pydantic_check(self.check)
-
 
 @dataclass(frozen=True)
-class Bool:
+class Bool(Marker):
     def check(self, value: Any) -> bool:
         if not isinstance(value, bool):
             raise ValueError("must be true or false")
         return value
 
-    def __get_pydantic_core_schema__(self, source, handler):
-        return pydantic_check(self.check)
-
 
 @dataclass(frozen=True)
-class Text:
+class Text(Marker):
     """A non-empty string; None allowed if `optional`."""
 
     optional: bool = False
@@ -105,12 +107,9 @@ class Text:
             raise ValueError(f"must be {self.what}")
         return value
 
-    def __get_pydantic_core_schema__(self, source, handler):
-        return pydantic_check(self.check)
-
 
 @dataclass(frozen=True)
-class Choice:
+class Choice(Marker):
     """One of `values` (compared with their type: true is not 1). `what` names the kind in the
     message (`'x' is not a known norm; valid choices: ...`); `message` replaces it entirely."""
 
@@ -126,12 +125,9 @@ class Choice:
             raise ValueError(prefix + "valid choices: " + ", ".join(map(_shown, self.values)))
         return value
 
-    def __get_pydantic_core_schema__(self, source, handler):
-        return pydantic_check(self.check)
-
 
 @dataclass(frozen=True)
-class Ints:
+class Ints(Marker):
     """A fixed-length list of integers (kept as a tuple), e.g. [width, height]."""
 
     length: int
@@ -147,12 +143,9 @@ class Ints:
             raise ValueError(self.message or f"must be a list of {self.length} integers{bound}")
         return tuple(value)
 
-    def __get_pydantic_core_schema__(self, source, handler):
-        return pydantic_check(self.check)
-
 
 @dataclass(frozen=True)
-class Texts:
+class Texts(Marker):
     """A list of strings (kept as a tuple)."""
 
     message: str = "must be a list of strings"
@@ -162,12 +155,9 @@ class Texts:
             raise ValueError(self.message)
         return tuple(value)
 
-    def __get_pydantic_core_schema__(self, source, handler):
-        return pydantic_check(self.check)
-
 
 @dataclass(frozen=True)
-class ListOf:
+class ListOf(Marker):
     """A list (or tuple) of anything, kept as nested tuples (hashable); its items are checked by
     the owner's `problems()`, so that one bad item does not hide what is wrong with the others."""
 
@@ -177,9 +167,6 @@ class ListOf:
         if not isinstance(value, (list, tuple)):
             raise ValueError(self.message)
         return _frozen(value)
-
-    def __get_pydantic_core_schema__(self, source, handler):
-        return pydantic_check(self.check)
 
 
 @dataclass(frozen=True)

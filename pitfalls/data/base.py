@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from pitfalls.fields import Ints, Problem, pydantic_check
+from pitfalls.fields import Ints, Marker, Problem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLIT_NAMES = ("train", "val", "test")
@@ -70,7 +70,7 @@ class VideoData:
 
 
 @dataclass(frozen=True)
-class SplitField:
+class SplitField(Marker):
     """`split`: a standard split's name, or {train: [ids], val: [ids], test: [ids]} (kept as
     ((part, (ids...)), ...)); that the ids exist is checked against the data (`split_problems`)."""
 
@@ -99,8 +99,6 @@ class SplitField:
                 raise ValueError(f"needs {required}: a list of videos")
         return tuple((part, tuple(ids)) for part, ids in value.items())
 
-    def __get_pydantic_core_schema__(self, source, handler):
-        return pydantic_check(self.check)
 
 
 FrameSize = Annotated[tuple[int, int], Ints(2, ge=8, message="must be [width, height], integers >= 8")]
