@@ -170,6 +170,9 @@ def _parse_dataset(raw: Any, p: Problems) -> tuple[DatasetSpec, bool]:
     if raw is None:
         return DatasetSpec(), False
     raw = {"name": "synthetic", **raw}
+    if not isinstance(raw["name"], str) or raw["name"] not in DATASETS:
+        p.add("dataset.name", raw["name"], f"is not a known dataset; {choices(DATASETS)}")
+        return DatasetSpec(), False
     before = p.count()
     parsed = _validate(DATASET_UNION, raw, "dataset", p, tags=DATASETS, what={"": "dataset"})
     if parsed is not None:
@@ -177,7 +180,7 @@ def _parse_dataset(raw: Any, p: Problems) -> tuple[DatasetSpec, bool]:
         p.extend(getattr(spec.options, "problems", list)(), "dataset.options")
         return spec, p.count() == before
     options = raw.get("options")
-    if raw["name"] in DATASETS and (options is None or isinstance(options, dict)):
+    if options is None or isinstance(options, dict):
         _fields(DATASETS[raw["name"]].options, options or {}, "dataset.options", p)
     return DatasetSpec(), False
 
@@ -195,9 +198,12 @@ def _parse_task(raw: Any, p: Problems) -> tuple[TaskSpec, bool]:
     if raw is None:
         return TaskSpec(), False
     name, kept, ok = raw.get("name", "phase"), dict(raw), True
+    if not isinstance(name, str) or name not in TASK_OPTIONS:
+        p.add("task.name", name, choices(TASK_OPTIONS))
+        return TaskSpec(), False
     for key in raw:  # another task's option: say whose it is
         others = [t for t, keys in TASK_OPTIONS.items() if key in keys]
-        if name in TASK_OPTIONS and others and key not in TASK_OPTIONS[name]:
+        if others and key not in TASK_OPTIONS[name]:
             p.add(f"task.{key}", raw[key], f"applies to task {' or '.join(others)} only")
             del kept[key]
             ok = False
@@ -213,12 +219,19 @@ def _parse_metric(raw: Any, task: str, p: Problems) -> MetricSpec:
         p.add(f"metric.{k}", k, f"is not a known field; {choices(['name', 'mode'])}")
     valid = task_metrics(task)
     name = raw.get("name", default_metric(task))
+    mode = raw.get("mode")
+    if not isinstance(name, str):
+        p.add("metric.name", name, f"is not a metric of task {task}; {choices(valid)}")
+        name = default_metric(task)
+    if mode is not None and not isinstance(mode, str):
+        p.add("metric.mode", mode, choices(MODES))
+        mode = None
     if name in AFTER_TRAINING_METRICS:
         p.add("metric.name", name, "is measured once, after the last epoch "
               "(evaluation.cheat_gap), and Tune needs the metric every epoch; compare it with "
               f"`pitfalls report RESULTS.parquet --metric {name} --mode min`")
         return MetricSpec(name=name, mode=METRICS[name].mode)
-    mode = raw.get("mode", valid.get(name, "max") if isinstance(name, str) else "max")
+    mode = valid.get(name, "max") if mode is None else mode
     if name not in valid:
         p.add("metric.name", name, f"is not a metric of task {task}; {choices(valid)}")
     elif mode in MODES and mode != valid[name]:

@@ -75,6 +75,7 @@ _SHAPES = {
     "string_type": "must be a string", "int_type": "must be an integer",
     "int_parsing": "must be an integer", "float_type": "must be a number",
     "bool_type": "must be true or false",
+    "invalid_key": "is not a field name (a field is named by a string)",
 }
 
 

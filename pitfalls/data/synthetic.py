@@ -28,13 +28,14 @@ class SyntheticOptions:
 
     __pydantic_config__ = FORBID_EXTRA
 
-    num_videos: Annotated[int, Int(ge=2)] = 12
+    # bounds above keep a typo (num_videos: 1e6 ...) from making videos no machine holds
+    num_videos: Annotated[int, Int(ge=2, le=10_000)] = 12
     val_videos: Annotated[int, Int(ge=1)] = 4  # the first `val_videos` videos are the validation split
-    num_phases: Annotated[int, Int(ge=2)] = 5
-    num_tools: Annotated[int, Int(ge=0)] = 4
-    min_phase_frames: Annotated[int, Int(ge=1)] = 6
-    max_phase_frames: Annotated[int, Int(ge=1)] = 18
-    frame_size: Annotated[int, Int(ge=16)] = 32
+    num_phases: Annotated[int, Int(ge=2, le=64)] = 5
+    num_tools: Annotated[int, Int(ge=0, le=64)] = 4
+    min_phase_frames: Annotated[int, Int(ge=1, le=100_000)] = 6
+    max_phase_frames: Annotated[int, Int(ge=1, le=100_000)] = 18
+    frame_size: Annotated[int, Int(ge=16, le=1024)] = 32
     noise: Annotated[float, Float(ge=0)] = 0.35
     video_shift: Annotated[float, Float(ge=0)] = 1.0  # spread of the per-video gain/offset (camera, patient, lighting)
     # std of an instrument's blob, in half frame widths (0.3: ~a quarter of the frame)

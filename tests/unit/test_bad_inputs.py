@@ -136,3 +136,61 @@ def test_validation_is_quick_and_imports_neither_torch_nor_timm(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout.strip() == "[]" and "'bogus' is not a known norm" in proc.stderr
     assert seconds < 10, seconds
+
+
+ODD_VALUES = [None, True, -1, 0, 2.5, float("nan"), float("inf"), "", "x", [], [1, "a"], {}, {"a": 1},
+              [[1]], 10**12]
+
+
+def _leaves(node, path=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(node, list) and node:
+        for i, v in enumerate(node):
+            yield from _leaves(v, (*path, i))
+    yield path
+
+
+def _replaced(raw, path, value):
+    import copy
+
+    out = copy.deepcopy(raw)
+    if not path:
+        return value
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+def test_any_odd_value_anywhere_is_a_study_error_never_a_crash():
+    """Every place of a valid study, given each odd value in turn (wrong types, NaN, empty and
+    nested containers): parsing ends in a `StudyError` or a valid study, never another exception."""
+    from pitfalls.config import StudyError, parse_study
+
+    raw = tiny_study(task={"name": "anticipation", "horizon": 0.5}, metric={"name": "val_wMAE"},
+                     evaluation={"probes": True}, augmentation={"hflip": 0.5},
+                     search_space={"factors": {"norm": ["batch", "group"], "frozen_stages": [1],
+                                               "seq_len": [4], "videos_per_batch": [2],
+                                               "batch_eval_x": [{"carry_hidden": True, "lr": 0.01},
+                                                                {"carry_hidden": False, "lr": 0.001}]},
+                                   "nuisance": {"weight_decay": {"distribution": "uniform", "low": 0.0,
+                                                                 "high": 0.1, "default": 0.01}}})
+    frames = tiny_study(dataset={"name": "frames", "options": {
+        "root": "/data/x", "tool_columns": ["a"], "split": {"train": ["v1"], "val": ["v2"]},
+        "frame_size": [32, 24]}}, model={"backbone": "test_resnet", "temporal_head": [
+            {"type": "lstm", "hidden_size": 8}, {"type": "gru", "hidden_size": 8}]})
+    crashes = []
+    for base, environment in ((raw, True), (frames, False)):
+        parse_study(base, check_environment=environment)  # the starting point is valid
+        for path in _leaves(base):
+            for value in ODD_VALUES:
+                try:
+                    parse_study(_replaced(base, path, value), check_environment=environment)
+                except StudyError:
+                    pass
+                except Exception as e:  # noqa: BLE001 - what this test is looking for
+                    crashes.append(f"{'.'.join(map(str, path))} = {value!r}: {type(e).__name__}: {e}")
+    assert not crashes, "\n".join(crashes[:20])
