@@ -361,7 +361,7 @@ def _val_frames(spec: StudySpec) -> int | None:
         from pitfalls.data.load import load_data
 
         return sum(len(v) for v in load_data(spec.dataset).val)
-    except Exception:
+    except Exception:  # noqa: BLE001 - planning a study whose data lives elsewhere
         return None
 
 

@@ -129,7 +129,7 @@ class _Background(threading.Thread):
     def run(self) -> None:
         try:
             self.value = self.fn(*self.args)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - re-raised by result()
             self.error = e
 
     def result(self):

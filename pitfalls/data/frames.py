@@ -249,7 +249,7 @@ def read_labels(path: Path, shown: str, video_column: str, frame_column: str, ph
     except DataError as e:
         problems.extend(e.problems)
         return None
-    except Exception as e:  # pyarrow: malformed CSV rows, unreadable parquet
+    except Exception as e:  # noqa: BLE001 - pyarrow: malformed CSV rows, unreadable parquet
         problems.add((shown, "file"), f"{shown}: cannot read: {e}")
         return None
     present = table.column_names

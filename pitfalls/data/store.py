@@ -289,7 +289,7 @@ def _decode_into(frames_path: str, offset: int, paths: Sequence[str], size: tupl
     for i, p in enumerate(paths):
         try:
             block[i] = decode_frame(p, size)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any decoder failure names its file
             raise RuntimeError(f"{p}: cannot decode: {e}") from None
     fd = os.open(frames_path, os.O_WRONLY)
     try:

@@ -197,7 +197,7 @@ def _family(name: str) -> str:
     try:
         with torch.device("meta"):
             return type(timm.create_model(name, pretrained=False, num_classes=0)).__name__
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - recorded as why the model cannot be a backbone
         return f"model that cannot be built ({type(e).__name__})"
 
 
@@ -219,7 +219,7 @@ def measure_support(example: str) -> tuple[str, ...]:
         try:
             x = torch.rand(2, 3, 64, 64)
             out = model.train()(x), model.eval()(x)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a failed forward means "unsupported", recorded as such
             continue
         if all(o.shape == (2, feature_dim(model)) for o in out):
             supported.append(norm)

@@ -296,7 +296,7 @@ def tune_state_problem(fs: pafs.FileSystem, tune_dir: str, trials_recorded: bool
     if searcher:
         try:
             pickle.loads(read(searcher[-1]))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure means Tune would start over
             return f"{tune_dir}/{searcher[-1]} is unreadable ({type(e).__name__}: {e})"
     return None
 

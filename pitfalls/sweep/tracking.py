@@ -254,7 +254,7 @@ def _flush_log(client: MlflowClient, log: PendingLog) -> tuple[int, int, Excepti
     for record in records:
         try:
             _send(client, log.run_id, record)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - every failure keeps the record; callers judge it
             error = e
             break
         sent.add(record["id"])
@@ -326,7 +326,7 @@ class TrialLogger:
         is rejected by MLflow (params cannot change): a warning, not a failed trial."""
         try:
             self._submit({"type": "params", "params": params})
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - rejected (4xx): not worth failing a trial over
             self.pending.drop({r["id"] for r in self.pending.records() if r["type"] == "params"})
             _log.warning("mlflow: params %s not logged to run %s: %s", params, self.run_id,
                          _describe(e))
@@ -345,7 +345,7 @@ class TrialLogger:
             wait_s = self.finish_wait_s
         try:
             self._submit(record, wait_s=wait_s)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the trial's own error is the one to raise
             _log.warning("mlflow: could not mark run %s %s: %s", self.run_id, record["status"],
                          _describe(e))
 
