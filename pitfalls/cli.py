@@ -1,5 +1,5 @@
-"""`pitfalls run | resume | plan | report | probe | data | reproduce`: parse arguments and the study
-once, then hand over."""
+"""`pitfalls run | resume | plan | report | evaluate | ui | probe | data | reproduce`: parse
+arguments and the study once, then hand over."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def _finish(outcome) -> int:
         print(f"report:  {outcome.study_dir / 'report.html'}")
         if outcome.location and outcome.location != str(outcome.study_dir):
             print(f"stored:  {outcome.location} (the files above are its working copy)")
+    from pitfalls.sweep.ui import server_links
+
+    if links := server_links(outcome.study_dir):  # None for a local store or an unreachable server
+        print(f"mlflow:  {links['runs']}")
+        print(f"compare: {links['compare']}")
     if outcome.failed or outcome.unfinished:
         print(f"{outcome.failed} trial(s) failed, {outcome.unfinished} unfinished, "
               f"{outcome.completed} completed (errors are in results.parquet and MLflow); "
@@ -85,8 +90,12 @@ def _report_source(args: argparse.Namespace):
         results = read_results(source)
         return results, infer_analysis(results, source.stem, args.metric, args.mode), None
     if (source / "study.yaml").is_file() and (source / RESULTS_FILE).is_file():
-        spec = load_resolved_study(source)
-        return read_results(source / RESULTS_FILE), analysis_of_study(spec), source
+        from dataclasses import replace
+
+        from pitfalls.results.phases import PREDICTIONS_DIR
+
+        analysis = replace(analysis_of_study(load_resolved_study(source)), predictions=source / PREDICTIONS_DIR)
+        return read_results(source / RESULTS_FILE), analysis, source
     raise ValueError(f"{source} is neither a study directory (study.yaml + {RESULTS_FILE}) "
                      "nor a .parquet results file")
 
@@ -186,8 +195,21 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from pitfalls.sweep.ui import serve
+
+    return serve(Path(args.study_dir), args.port, sys.stdout)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pitfalls.data.cholec80 import PHASES
+    from pitfalls.scoring.cli import run
+
+    return run(args, PHASES)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from pitfalls.config.metrics import RESULT_METRICS as METRICS
+    from pitfalls.config.metrics import STUDY_METRICS as METRICS
 
     parser = argparse.ArgumentParser(prog="pitfalls", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -263,7 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(func=_probe)
     from pitfalls.data.cli import add_arguments as add_data_arguments
     from pitfalls.data.cli import run as run_data
+    from pitfalls.scoring.cli import add_arguments as add_evaluate_arguments
 
+    evaluate = sub.add_parser("evaluate", help="score phase prediction files against ground truth "
+                                               "with the Cholec80 community's protocol")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=_evaluate)
+    ui = sub.add_parser("ui", help="browse a study in the MLflow UI: its runs and the compare view "
+                                   "of its trials (a local store is served on 127.0.0.1 until Ctrl-C)")
+    ui.add_argument("study_dir", metavar="STUDY", help="the study directory, e.g. runs/quickstart")
+    ui.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    ui.set_defaults(func=_ui)
     data = sub.add_parser("data", help="check a dataset folder, or pack it into a frame store")
     add_data_arguments(data)
     data.set_defaults(func=run_data)

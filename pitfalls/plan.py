@@ -106,6 +106,7 @@ class StudyPlan:
     shapes: dict[tuple, ShapeCost]  # by the values of `shape_params(spec)`
     configs: list[ConfigPlan] = field(default_factory=list)
     val_frames: int | None = None
+    final_frames: int | None = None  # evaluated once at the end (test, and val for predictions)
     measure_s: float = 0.0
 
     @property
@@ -365,6 +366,23 @@ def _val_frames(spec: StudySpec) -> int | None:
         return None
 
 
+def _final_frames(spec: StudySpec) -> int | None:
+    """Frames evaluated once after the last epoch: the test split at the selected checkpoint,
+    and the validation split again when its predictions are written (None: data absent)."""
+    again = spec.evaluation.predictions
+    if spec.dataset.name == "synthetic":
+        from pitfalls.data.synthetic import test_lengths
+
+        return sum(test_lengths(spec.dataset.options)) + (_val_frames(spec) or 0) * again
+    try:
+        from pitfalls.data.load import load_data
+
+        data = load_data(spec.dataset)
+        return sum(len(v) for v in data.test) + sum(len(v) for v in data.val) * again
+    except Exception:  # noqa: BLE001 - planning a study whose data lives elsewhere
+        return None
+
+
 def _planning_fast_path(spec: StudySpec, device: torch.device) -> FastPath:
     """The fast path the trials will run with; planning a GPU study on a CPU measures with the
     GPU's autocast precision (bf16 under `auto`; fp16 keeps the same bytes as bf16)."""
@@ -408,7 +426,7 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
         model = {k: c[k] for c in configs if shape(c) == key for k in MODEL_PARAMS}
         costs[key] = measure_shape(spec, model, device, fast, largest)
     plan = StudyPlan(spec, device.type, fast, budget, source, costs, val_frames=_val_frames(spec),
-                     measure_s=time.perf_counter() - t0)
+                     final_frames=_final_frames(spec), measure_s=time.perf_counter() - t0)
     budget_spec = spec.budget
     for c in configs:
         cost = costs[shape(c)]
@@ -417,6 +435,7 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
         eval_s = cost.eval_s_per_frame * plan.val_frames if plan.val_frames else 0.0
         trial_s = budget_spec.epochs * (budget_spec.steps_per_epoch * step_s + eval_s
                                         + precise_bn_s(spec, c, cost))
+        trial_s += cost.eval_s_per_frame * (plan.final_frames or 0)
         peak = cost.peak_bytes(frames)
         plan.configs.append(ConfigPlan(c, frames, peak, peak <= budget, step_s, trial_s))
     return plan
@@ -454,7 +473,9 @@ def render(plan: StudyPlan) -> str:
                          "yes" if c.fits else "NO", f"{c.step_s:.3f}", _duration(c.trial_s)]
                         for c in plan.configs]).rstrip("\n"))
     per_trial = plan.total_s / max(spec.num_trials, 1)
-    evaluation = (f"evaluation of {plan.val_frames} validation frames per epoch included"
+    evaluation = (f"evaluation of {plan.val_frames} validation frames per epoch"
+                  + (f" and {plan.final_frames} frames once at the end (test split, predictions)"
+                     if plan.final_frames else "") + " included"
                   if plan.val_frames else "evaluation not included: the data is not on this machine")
     if spec.evaluation.precise_bn_batches and any(c.batch_stats for c in plan.shapes.values()):
         evaluation += (f"; PreciseBN's {spec.evaluation.precise_bn_batches} batches per epoch "

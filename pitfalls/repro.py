@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from pitfalls.fileio import atomic_write
 from pitfalls.markdown import table
 from pitfalls.probes.registry import LEAK_FLAG
+from pitfalls.results.schema import metric_column
 from pitfalls.results.stats import _compare, holm
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies" / "repro"
@@ -87,7 +88,7 @@ def _values(results: pa.Table, metric: str, where: dict) -> dict[int, float]:
     done = results.filter(pc.equal(results["status"], "completed"))
     for k, v in where.items():
         done = done.filter(pc.equal(done[k], v))
-    column = done[f"final_{metric}"].to_pylist()
+    column = done[metric_column(metric)].to_pylist()
     return {s: v for s, v in zip(done["seed"].to_pylist(), column) if v is not None}
 
 

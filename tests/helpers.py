@@ -7,7 +7,7 @@ import copy
 TINY_STUDY = {
     "name": "tiny",
     "dataset": {"name": "synthetic",
-                "options": {"num_videos": 6, "val_videos": 2, "frame_size": 16,
+                "options": {"num_videos": 6, "val_videos": 2, "test_videos": 1, "frame_size": 16,
                             "min_phase_frames": 4, "max_phase_frames": 8}},
     "task": "phase",
     "model": {"backbone": "test_resnet", "temporal_head": {"type": "lstm", "hidden_size": 16}},

@@ -155,6 +155,9 @@ def _data_problems(spec: StudySpec, p: Problems) -> None:
             p.add(f"{_FACTORS}.{where}", v, f"exceeds the {len(lengths)} training videos "
                   "(sequences in a batch come from distinct videos); valid: "
                   f"1..{len(lengths)}")
+    if spec.metric.name.startswith("test_") and not facts.test_videos:
+        p.add("metric.name", spec.metric.name, f"needs a test split; dataset {spec.dataset.name} "
+              "has none (synthetic: test_videos > 0; cholec80/frames: a split with test videos)")
     if spec.task.name == "anticipation":
         if not facts.tool_names:
             p.add("task.name", "anticipation", f"needs instrument labels; dataset "

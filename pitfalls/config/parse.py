@@ -226,7 +226,7 @@ def _parse_metric(raw: Any, task: str, p: Problems) -> MetricSpec:
     if mode is not None and not isinstance(mode, str):
         p.add("metric.mode", mode, choices(MODES))
         mode = None
-    if name in AFTER_TRAINING_METRICS:
+    if name in AFTER_TRAINING_METRICS and METRICS[name].split != "test" and METRICS[name].mode:
         p.add("metric.name", name, "is measured once, after the last epoch "
               "(evaluation.cheat_gap), and Tune needs the metric every epoch; compare it with "
               f"`pitfalls report RESULTS.parquet --metric {name} --mode min`")

@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Annotated, Any
 
-from pitfalls.config.metrics import TASKS
+from pitfalls.config.metrics import TASKS, selection_metric
 from pitfalls.config.params import ABLATABLE, DEFAULTS, NUISANCE_DEFAULTS, PARAMS, STUDY_DEFAULTS, TrialParams
 from pitfalls.data.load import DATASETS, DatasetSpec
 from pitfalls.fields import FORBID_EXTRA, Bool, Float, Int, ListOf, Problem, Tagged, Text, Texts, one_of
 from pitfalls.models.heads import HEADS, LSTMHead
+from pitfalls.scoring.protocols import PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,13 @@ class EvaluationSpec:
     # after the last epoch, evaluate videos in training-length chunks with batch vs running BN
     # statistics: {val,train}_err_batchstats, _err_runningstats, _cheat_gap (train/cheat_gap.py)
     cheat_gap: Annotated[bool, Bool()] = False
+    # the checkpoint evaluated on the test split: the epoch best on validation (ties: the earlier)
+    # by the study's metric (its val_ counterpart), or the last epoch
+    select: Annotated[str, one_of("best", "last")] = "best"
+    # how phase metrics are computed: the M2CAI16/Cholec80 scripts exactly, or with their bugs
+    # fixed (pitfalls.scoring.protocols, docs/evaluation.md)
+    protocol: Annotated[str, one_of(*PROTOCOLS)] = "matlab"
+    predictions: Annotated[bool, Bool()] = True  # write val/test predictions of the selected checkpoint
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,12 @@ class SearcherSpec:
 class MetricSpec:
     name: str = "val_accuracy"
     mode: str = "max"
+
+    @property
+    def selection(self) -> str:
+        """What Tune optimizes and checkpoints are selected by: the validation metric (the
+        study's own, or the val_ counterpart of a test_ metric)."""
+        return selection_metric(self.name)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,17 @@ class VideoData:
     tool_names: tuple[str, ...]
     splits: dict[str, list[Video]] = field(default_factory=dict)
     fps: float = 1.0  # frames per second of the (extracted) frames: anticipation works in minutes
+    # the rate the dataset's own frame indices count (Cholec80: its 25-fps annotation rows);
+    # None: a frame's index is its position in the video
+    index_fps: float | None = None
+
+    def frame_numbers(self, video: Video) -> np.ndarray:
+        """The dataset's frame index of each frame of `video`, as its annotation files number
+        them (prediction files are written with these, so other evaluators can match them)."""
+        k = np.arange(len(video))
+        if self.index_fps is None:
+            return k
+        return np.floor(k * (self.index_fps / self.fps) + 0.5).astype(np.int64)
 
     @property
     def train(self) -> list[Video]:

@@ -454,7 +454,7 @@ def load(root: str | Path, split: str | Mapping[str, Sequence[int]] = "40/8/32",
         raise DataError(f"cholec80 dataset at {root}", problems + e.problems) from None
     if problems:
         raise DataError(f"cholec80 dataset at {root}", problems)
-    return VideoData(name="cholec80", phase_names=PHASES, tool_names=TOOLS, fps=fps,
+    return VideoData(name="cholec80", phase_names=PHASES, tool_names=TOOLS, fps=fps, index_fps=ANNOTATION_FPS,
                      splits={k: [videos[video_name(i)] for i in part] for k, part in parts.items()})
 
 

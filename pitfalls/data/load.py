@@ -29,6 +29,7 @@ class DataFacts:
 
     train_lengths: list[int]
     tool_names: tuple[str, ...]
+    test_videos: int  # videos in the test split (0: the dataset has none)
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,12 @@ class Dataset:
     anticipation_tools: tuple[str, ...] = ()
     # the facts without reading the data (None: they come from `load_data`)
     facts: Callable[[Any], DataFacts] | None = None
+    index_fps: float | None = None  # what its frame indices count (VideoData.index_fps)
 
 
 def _synthetic_facts(o: SyntheticOptions) -> DataFacts:
-    return DataFacts(video_lengths(o)[o.val_videos:], tuple(f"tool{k + 1}" for k in range(o.num_tools)))
+    return DataFacts(video_lengths(o)[o.val_videos:], tuple(f"tool{k + 1}" for k in range(o.num_tools)),
+                     o.test_videos)
 
 
 def _frames_store_splits(o: frames.FramesOptions, ids: list[str], store: Path) -> dict[str, list[str]]:
@@ -64,7 +67,7 @@ def _frames_store_splits(o: frames.FramesOptions, ids: list[str], store: Path) -
 DATASETS: dict[str, Dataset] = {
     "synthetic": Dataset(SyntheticOptions, synthetic_data, facts=_synthetic_facts),
     "cholec80": Dataset(cholec80.Cholec80Options, cholec80.read, cholec80.store_splits,
-                        anticipation_tools=cholec80.ANTICIPATION_TOOLS),
+                        anticipation_tools=cholec80.ANTICIPATION_TOOLS, index_fps=cholec80.ANNOTATION_FPS),
     "frames": Dataset(frames.FramesOptions, frames.read, _frames_store_splits),
 }
 DATASET_NAMES = tuple(DATASETS)
@@ -92,7 +95,7 @@ def data_facts(spec: DatasetSpec) -> DataFacts:
     if facts is not None:
         return facts(spec.options)
     data = load_data(spec)
-    return DataFacts([len(v) for v in data.train], data.tool_names)
+    return DataFacts([len(v) for v in data.train], data.tool_names, len(data.test))
 
 
 def _from_store(spec: DatasetSpec) -> VideoData:
@@ -113,7 +116,8 @@ def _from_store(spec: DatasetSpec) -> VideoData:
     splits = DATASETS[spec.name].store_splits(o, [v.id for v in store.videos], Path(o.store))
     return VideoData(name=spec.name, phase_names=tuple(store.phase_names),
                      tool_names=tuple(store.tool_names),
-                     splits={k: [by_id[i] for i in ids] for k, ids in splits.items()}, fps=store.fps)
+                     splits={k: [by_id[i] for i in ids] for k, ids in splits.items()}, fps=store.fps,
+                     index_fps=DATASETS[spec.name].index_fps)
 
 
 def anticipation_tools(dataset: str, tools: Sequence[str], tool_names: Sequence[str]) -> tuple[str, ...]:

@@ -31,6 +31,8 @@ class SyntheticOptions:
     # bounds above keep a typo (num_videos: 1e6 ...) from making videos no machine holds
     num_videos: Annotated[int, Int(ge=2, le=10_000)] = 12
     val_videos: Annotated[int, Int(ge=1)] = 4  # the first `val_videos` videos are the validation split
+    # the test split: videos rendered after the `num_videos` (train and val stay what they were)
+    test_videos: Annotated[int, Int(ge=0, le=10_000)] = 4
     num_phases: Annotated[int, Int(ge=2, le=64)] = 5
     num_tools: Annotated[int, Int(ge=0, le=64)] = 4
     min_phase_frames: Annotated[int, Int(ge=1, le=100_000)] = 6
@@ -89,12 +91,17 @@ def _listed(value):
 def _phase_durations(opts: SyntheticOptions) -> list[np.ndarray]:
     rng = np.random.default_rng([opts.seed, 0])
     return [rng.integers(opts.min_phase_frames, opts.max_phase_frames + 1, size=opts.num_phases)
-            for _ in range(opts.num_videos)]
+            for _ in range(opts.num_videos + opts.test_videos)]
 
 
 def video_lengths(opts: SyntheticOptions) -> list[int]:
-    """Frame count of every video, without rendering any frame (cheap: used by validation)."""
-    return [int(d.sum()) for d in _phase_durations(opts)]
+    """Frame count of every video but the test ones, without rendering (cheap: for validation)."""
+    return [int(d.sum()) for d in _phase_durations(opts)[:opts.num_videos]]
+
+
+def test_lengths(opts: SyntheticOptions) -> list[int]:
+    """Frame count of each test video (rendered after the others)."""
+    return [int(d.sum()) for d in _phase_durations(opts)[opts.num_videos:]]
 
 
 def _phase_looks(opts: SyntheticOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,6 +182,9 @@ def make_videos(opts: SyntheticOptions) -> tuple[list[Video], list[Video]]:
 def synthetic_data(opts: SyntheticOptions) -> VideoData:
     """The synthetic dataset as a `VideoData` (1 frame = 1 second, tools named tool1..toolK)."""
     train, val = make_videos(opts)
+    splits = {"train": train, "val": val}
+    if opts.test_videos:
+        splits["test"] = [make_video(opts, opts.num_videos + i) for i in range(opts.test_videos)]
     return VideoData(name="synthetic", phase_names=tuple(f"phase{i + 1}" for i in range(opts.num_phases)),
                      tool_names=tuple(f"tool{k + 1}" for k in range(opts.num_tools)),
-                     splits={"train": train, "val": val}, fps=1.0)
+                     splits=splits, fps=1.0)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from pitfalls.config import CORE_FACTORS, OPTIONAL_FACTORS, StudySpec, level_label
 from pitfalls.config.params import NUISANCE_PARAMS
 from pitfalls.probes.registry import LEAK_FLAG
+from pitfalls.results.schema import companion_metric, metric_column
 from pitfalls.results.stats import (
     best_configurations,
     factor_importance,
@@ -40,6 +41,8 @@ class Analysis:
     # linked factors: name -> its levels (mappings parameter -> value); a row's level is derived
     # from its parameter columns (`with_factor_columns`), labelled `videos_per_batch=1, seq_len=64`
     linked: dict[str, tuple[dict, ...]] | None = None
+    # the trials' prediction files (`<study>/predictions`): per-phase scores and ribbons
+    predictions: Path | None = None
 
 
 def load_resolved_study(study_dir: Path) -> StudySpec:
@@ -123,13 +126,18 @@ def _analysis(results: pa.Table, a: Analysis, combos: list[dict]) -> dict:
 def comparison_table(results: pa.Table, factors: list[str], metric: str) -> pa.Table:
     """Group completed trials by `factors`: n, mean, std (ddof=1) of `final_<metric>`, failed
     count, and how many probed trials leaked the future in train mode (`leaks` of `probed`)."""
-    column = f"final_{metric}"
+    column = metric_column(metric)
     done = results.filter(pc.equal(results["status"], "completed"))
+    companion = companion_metric(metric)  # the other split's value, shown next to it
+    also = metric_column(companion) if companion and done.num_rows and pc.any(
+        pc.is_valid(done[metric_column(companion)])).as_py() else None
     stats = done.group_by(factors).aggregate([
         (column, "count"), (column, "mean"),
         (column, "stddev", pc.VarianceOptions(ddof=1)),
         (LEAK_FLAG, "sum"), (LEAK_FLAG, "count"), (column, "list"),
-    ]).rename_columns([*factors, "n", "mean", "std", "leaks", "probed", "values"])
+        *([(also, "mean"), (also, "stddev", pc.VarianceOptions(ddof=1))] if also else []),
+    ]).rename_columns([*factors, "n", "mean", "std", "leaks", "probed", "values",
+                       *(["also_mean", "also_std"] if also else [])])
     intervals = [t_interval(v) for v in stats["values"].to_pylist()]
     stats = stats.drop_columns(["values"]).append_column(
         "ci95_low", pa.array([i[0] for i in intervals], pa.float64())).append_column(
@@ -157,5 +165,18 @@ def comparison_data(results: pa.Table, a: Analysis) -> dict:
     by the Markdown and HTML renderings."""
     results = with_factor_columns(results, a)
     combos = combinations_table(results, a).to_pylist()
-    return {"study": a.name, "metric": a.metric, "mode": a.mode, "factors": a.factors,
+    data = {"study": a.name, "metric": a.metric, "mode": a.mode, "factors": a.factors,
             "combinations": combos, **_analysis(results, a, combos)}
+    if a.predictions is not None and a.predictions.is_dir():
+        from pitfalls.results.phases import per_phase
+
+        data["per_phase"] = per_phase(a.predictions, results, a.factors, data["best"]["overall"])
+    return data
+
+
+def worst_configuration(data: dict) -> dict | None:
+    """The arm with the worst mean (the report's ribbons show it next to the best)."""
+    scored = [c for c in data["combinations"] if c.get("mean") is not None]
+    if not scored:
+        return None
+    return (min if data["mode"] == "max" else max)(scored, key=lambda c: c["mean"])

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pitfalls.config.metrics import selection_metric
 from pitfalls.results.analysis import Analysis
 
 
@@ -76,12 +77,13 @@ def figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]]
         figs.append((f"Interaction {fa} × {fb}", _png(fig)))
 
     done = results.filter(pc.equal(results["status"], "completed")).to_pylist()
-    if not any(r[f"curve_{a.metric}"] for r in done):
+    curve = f"curve_{selection_metric(a.metric)}"  # a test metric's epochs are its val_ counterpart's
+    if curve not in results.column_names or not any(r[curve] for r in done):
         return figs
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
     for ax, factor in zip(axes[0], a.factors):
         for level in sorted({r[factor] for r in done}, key=str):
-            curves = [r[f"curve_{a.metric}"] for r in done if r[factor] == level and r[f"curve_{a.metric}"]]
+            curves = [r[curve] for r in done if r[factor] == level and r[curve]]
             if not curves:
                 continue
             length = min(map(len, curves))
@@ -89,9 +91,35 @@ def figures(results: pa.Table, a: Analysis, data: dict) -> list[tuple[str, str]]
             ax.plot(np.arange(1, length + 1), mean, marker="o", label=str(level))
         ax.set_title(factor)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(a.metric)
+        ax.set_ylabel(selection_metric(a.metric))
         if ax.lines:
             ax.legend(fontsize="small")
     fig.suptitle("Learning curves per level (mean over trials)", y=1.04)
     figs.append(("Learning curves", _png(fig)))
     return figs
+
+
+def ribbon_figure(ribbons: list[dict]) -> str | None:
+    """Ground truth above prediction, one pair of bars per video (a phase per colour)."""
+    if not ribbons:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    names = ribbons[0]["phases"]
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20", len(names))
+    fig, axes = plt.subplots(len(ribbons), 1, figsize=(9, 1.3 * len(ribbons) + 0.9), squeeze=False)
+    for ax, r in zip(axes[:, 0], ribbons):
+        ax.imshow(np.stack([r["truth"], r["prediction"]]), aspect="auto", cmap=cmap,
+                  vmin=-0.5, vmax=len(names) - 0.5, interpolation="nearest")
+        ax.set_yticks([0, 1], ["truth", "predicted"])
+        ax.set_xticks([])
+        ax.set_title(f"{r['arm']}: {r['config']} · {r['trial']} · {r['split']} {r['video']}",
+                     fontsize="small", loc="left")
+    axes[-1, 0].set_xlabel("frame")
+    fig.legend(handles=[Patch(color=cmap(i), label=n) for i, n in enumerate(names)],
+               loc="lower center", ncol=min(len(names), 4), fontsize="small", bbox_to_anchor=(0.5, -0.08))
+    return _png(fig)

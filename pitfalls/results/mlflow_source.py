@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from pitfalls.config import PARAMS, parse_param
 from pitfalls.probes.registry import COLUMNS as PROBE_COLUMNS
-from pitfalls.results.schema import METRICS, SCHEMA
+from pitfalls.results.schema import METRICS, SCHEMA, TEST_METRICS
 from pitfalls.results.store import trial_row
 
 STATUS = {"FINISHED": "completed", "FAILED": "failed"}  # RUNNING/KILLED trials are unfinished
@@ -29,7 +29,8 @@ def results_from_mlflow(experiment: str, tracking_uri: str | None = None) -> pa.
             continue
         params = {k: parse_param(k, v) for k, v in run.data.params.items() if k in PARAMS}
         steps: dict[int, dict] = {}
-        for metric in (*METRICS, *(k for k in PROBE_COLUMNS if k in run.data.metrics)):
+        once = (k for k in (*PROBE_COLUMNS, *TEST_METRICS) if k in run.data.metrics)
+        for metric in (*METRICS, *once):
             for m in client.get_metric_history(run.info.run_id, metric):
                 steps.setdefault(m.step, {"epoch": m.step})[metric] = m.value
         history = [steps[s] for s in sorted(steps)]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pitfalls.results.analysis import Analysis, comparison_data, with_factor_columns
-from pitfalls.results.figures import figures
+from pitfalls.results.analysis import Analysis, comparison_data, with_factor_columns, worst_configuration
+from pitfalls.results.figures import figures, ribbon_figure
+from pitfalls.results.schema import metric_when
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
@@ -27,7 +28,17 @@ def render_html(results: pa.Table, a: Analysis, data: dict | None = None) -> str
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent),
                              autoescape=True, keep_trailing_newline=True)
     env.filters["cell"] = _cell
+    ribbon = None
+    if a.predictions is not None and a.predictions.is_dir():
+        from pitfalls.results.phases import ribbons
+
+        ribbon = ribbon_figure(ribbons(a.predictions, results, a.factors,
+                                       {"best": data["best"]["overall"], "worst": worst_configuration(data)}))
+    per_phase = data.get("per_phase")
     return env.get_template(TEMPLATE.name).render(
+        when=metric_when(a.metric), ribbon=ribbon, per_phase=per_phase,
+        phase_columns=["phase", *(f"{k}_{s}" for k in ("relaxed", "strict")
+                                  for s in ("jaccard", "precision", "recall"))],
         name=a.name, metric=a.metric, mode=a.mode, trials=results.num_rows,
         over="seeds" if a.paired else "trials", data=data, factors=list(a.factors),
         combination_columns=[*a.factors, "n", "mean", "std", "ci95_low", "ci95_high", "failed"],

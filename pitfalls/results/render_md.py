@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from pitfalls.markdown import table
 from pitfalls.results.analysis import Analysis, comparison_data
+from pitfalls.results.schema import companion_metric, metric_when
 
 
 def _fmt(x) -> str:
@@ -27,7 +28,10 @@ def to_markdown(combinations: pa.Table, factors: list[str], metric: str, mode: s
     best = (max(means) if mode == "max" else min(means)) if means else None
     probed = any(r.get("probed") for r in rows)
     missing = "missing" in combinations.column_names
+    also = companion_metric(metric) if "also_mean" in combinations.column_names else None
     head = [*factors, "n", f"{metric} (mean ± std over {over})", "95% CI", "failed"]
+    if also:
+        head.insert(len(factors) + 3, f"{also} (mean ± std)")
     if missing:
         head.append("missing")
     if probed:
@@ -39,6 +43,9 @@ def to_markdown(combinations: pa.Table, factors: list[str], metric: str, mode: s
             value = f"**{value}**"
         ci = f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]" if r.get("ci95_low") is not None else "–"
         line = [*(str(r[f]) for f in factors), str(r["n"]), value, ci, str(r["failed"])]
+        if also:
+            line.insert(len(factors) + 3, f"{_fmt(r['also_mean'])} ± {_fmt(r['also_std'])}"
+                        if r.get("also_mean") is not None else "–")
         if missing:
             line.append(str(r["missing"]))
         if probed:
@@ -61,11 +68,24 @@ def paired_markdown(rows: list[dict], metric: str) -> str:
          p(r["p_wilcoxon_holm"])] for r in rows])
 
 
+def phase_markdown(pp: dict) -> list[str]:
+    """The best arm's per-phase scores (percent), relaxed and strict, as the community tabulates."""
+    arm = ", ".join(f"{k}={v}" for k, v in pp["arm"].items())
+    head = ["phase", *(f"{kind} {s}" for kind in ("relaxed", "strict") for s in ("jaccard", "precision", "recall"))]
+    rows = [[r["phase"], *("–" if r[f"{kind}_{s}"] is None else f"{r[f'{kind}_{s}']:.2f}"
+                           for kind in ("relaxed", "strict") for s in ("jaccard", "precision", "recall"))]
+            for r in pp["rows"]]
+    return [f"## Per phase: best configuration ({arm}), {pp['split']} split", "",
+            f"Protocol {pp['protocol']}, percent; per phase the mean over videos, then over the "
+            f"{pp['trials']} trial(s) of the configuration (docs/evaluation.md).", "",
+            table(head, rows).rstrip("\n")]
+
+
 def comparison_markdown(results: pa.Table, a: Analysis, data: dict | None = None) -> str:
     data = data or comparison_data(results, a)
     n_done = sum(1 for s in results["status"].to_pylist() if s == "completed")
     over = "seeds" if a.paired else "trials"
-    lines = [f"# {a.name}: {a.metric} ({a.mode}) at the last epoch", "",
+    lines = [f"# {a.name}: {a.metric} ({a.mode}) {metric_when(a.metric)}", "",
              f"{results.num_rows} trials, {n_done} completed, {results.num_rows - n_done} failed; "
              f"mean ± sample std (ddof=1) over {over}, 95% t interval.", "",
              to_markdown(pa.Table.from_pylist(data["combinations"]), a.factors, a.metric, a.mode, over),
@@ -82,6 +102,8 @@ def comparison_markdown(results: pa.Table, a: Analysis, data: dict | None = None
             rows.append([row, *(f"{means[b]:.4f}" if b in means else "–" for b in cols)])
         lines += ["", f"## Interaction {fa} × {fb} (mean {a.metric})", "",
                   table([f"{fa} \\ {fb}", *cols], rows).rstrip("\n")]
+    if data.get("per_phase"):
+        lines += ["", *phase_markdown(data["per_phase"])]
     best = data["best"]
     if best["overall"]:
         def fmt(c):

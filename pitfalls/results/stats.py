@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
 
+from pitfalls.results.schema import metric_column
+
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float | None, float | None]:
     if len(values) < 2:
@@ -47,13 +49,13 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
 
 def _completed(results: pa.Table, metric: str) -> pa.Table:
     done = results.filter(pc.equal(results["status"], "completed"))
-    return done.filter(pc.is_valid(done[f"final_{metric}"]))
+    return done.filter(pc.is_valid(done[metric_column(metric)]))
 
 
 def paired_comparisons(results: pa.Table, factors: list[str], metric: str) -> list[dict]:
     """For every varied factor and pair of its levels: paired differences on matched trials
     (an Arrow join on the other factors and the seed; no Python loop over trials)."""
-    done, column = _completed(results, metric), f"final_{metric}"
+    done, column = _completed(results, metric), metric_column(metric)
     rows = []
     for factor in factors:
         keys = [f for f in factors if f != factor] + ["seed"]
@@ -89,7 +91,7 @@ def _compare(factor: str, a, b, diffs: list[float]) -> dict:
 def marginal_effects(results: pa.Table, factors: list[str], metric: str) -> list[dict]:
     """Per factor and level: mean over the completed trials at that level (in a balanced grid,
     the average over the other factors' levels and the seeds), n and a 95% t interval."""
-    done, column, out = _completed(results, metric), f"final_{metric}", []
+    done, column, out = _completed(results, metric), metric_column(metric), []
     for factor in factors:
         grouped = done.group_by([factor]).aggregate([(column, "list")]).to_pylist()
         for g in sorted(grouped, key=lambda g: str(g[factor])):
@@ -102,7 +104,7 @@ def marginal_effects(results: pa.Table, factors: list[str], metric: str) -> list
 
 def interactions(results: pa.Table, factors: list[str], metric: str) -> list[dict]:
     """For every pair of factors: the mean over trials per (level_a, level_b) cell."""
-    done, column, out = _completed(results, metric), f"final_{metric}", []
+    done, column, out = _completed(results, metric), metric_column(metric), []
     for fa, fb in combinations(factors, 2):
         cells = done.group_by([fa, fb]).aggregate([(column, "count"), (column, "mean")]).to_pylist()
         out.append({"factors": [fa, fb], "cells": [
@@ -144,7 +146,7 @@ def factor_importance(results: pa.Table, factors: list[str], metric: str, mode: 
     if done.num_rows > IMPORTANCE_MAX_TRIALS:
         pick = np.random.default_rng(seed).choice(done.num_rows, IMPORTANCE_MAX_TRIALS, replace=False)
         done = done.take(pa.array(np.sort(pick)))
-    rows = done.select([*factors, f"final_{metric}"]).to_pylist()
+    rows = done.select([*factors, metric_column(metric)]).to_pylist()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -153,7 +155,7 @@ def factor_importance(results: pa.Table, factors: list[str], metric: str, mode: 
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for r in rows:
         study.add_trial(optuna.trial.create_trial(
-            params={f: r[f] for f in factors}, distributions=dists, value=r[f"final_{metric}"]))
+            params={f: r[f] for f in factors}, distributions=dists, value=r[metric_column(metric)]))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
     return {k: float(v) for k, v in optuna.importance.get_param_importances(
         study, evaluator=evaluator).items()}

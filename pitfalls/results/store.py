@@ -8,7 +8,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pitfalls.fileio import atomic_open
-from pitfalls.results.schema import LOWER_IS_BETTER, METRICS, PARAM_NAMES, PROBES, SCHEMA, UPGRADE_DEFAULTS
+from pitfalls.results.schema import (
+    LOWER_IS_BETTER,
+    METRICS,
+    PARAM_NAMES,
+    PROBES,
+    SCHEMA,
+    TEST_METRICS,
+    UPGRADE_DEFAULTS,
+)
 
 RESULTS_FILE = "results.parquet"
 
@@ -27,6 +35,7 @@ def trial_row(study: str, trial_id: str, params: dict, history: list[dict], *, s
         row[f"best_{m}"] = (min(curve) if m in LOWER_IS_BETTER else max(curve)) if curve else None
     last = history[-1] if history else {}
     row.update({k: last.get(k) for k in PROBES})
+    row.update({k: last.get(k) for k in TEST_METRICS})  # measured once, after the last epoch
     return row
 
 

@@ -60,14 +60,14 @@ class ConsoleProgress(Callback):
         self._line(trial, "RUNNING", "")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        m = self.spec.metric.name
+        m = self.spec.metric.selection
         self._line(trial, "RUNNING", f"epoch {result.get('epoch')}/{self.spec.budget.epochs} "
                                      f"{m}={result.get(m, float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        m = self.spec.metric.name
         last = trial.last_result or {}
-        self._line(trial, "DONE", f"{m}={last.get(m, float('nan')):.4f}")
+        shown = dict.fromkeys([self.spec.metric.selection, self.spec.metric.name])
+        self._line(trial, "DONE", " ".join(f"{m}={last.get(m, float('nan')):.4f}" for m in shown))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, "FAILED", _error_text(trial)[:200])

@@ -209,6 +209,8 @@ def _open_parent_run(spec: StudySpec, study_dir: Path, uri: str) -> StudyRun:
         "num_trials": spec.num_trials, "epochs": spec.budget.epochs,
         "steps_per_epoch": spec.budget.steps_per_epoch, "workers": spec.resources.workers,
         "seeds": ",".join(map(str, spec.seeds)), "metric": spec.metric.name,
+        "selection_metric": spec.metric.selection, "select": spec.evaluation.select,
+        "protocol": spec.evaluation.protocol,
     }, artifact_location=artifacts)
 
 
@@ -358,7 +360,8 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
                 trainable,
                 param_space=param_space(spec),
                 tune_config=tune.TuneConfig(
-                    metric=spec.metric.name, mode=spec.metric.mode,
+                    # the test split chooses nothing: a test_ metric is optimized as its val_ one
+                    metric=spec.metric.selection, mode=spec.metric.mode,
                     search_alg=search_algorithm(spec, study_dir, optuna_storage),
                     num_samples=spec.searcher.num_samples if spec.searcher.type == "optuna" else 1,
                     max_concurrent_trials=_max_concurrent(spec, capacity),

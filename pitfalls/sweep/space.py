@@ -90,4 +90,4 @@ def search_algorithm(spec: StudySpec, study_dir: Path, storage: str | None = Non
     }[spec.searcher.sampler]()
     storage = optuna.storages.RDBStorage(optuna_storage_url(study_dir, storage))
     return OptunaSearch(sampler=sampler, storage=storage, study_name=spec.name,
-                        metric=spec.metric.name, mode=spec.metric.mode)
+                        metric=spec.metric.selection, mode=spec.metric.mode)

@@ -331,6 +331,16 @@ class TrialLogger:
             _log.warning("mlflow: params %s not logged to run %s: %s", params, self.run_id,
                          _describe(e))
 
+    def log_artifacts(self, local: Path, artifact_path: str) -> None:
+        """Files as the run's artifacts; a failure is a warning (they are in the study's storage
+        too), never a failed trial."""
+        try:
+            with _quick_http(self.tracking_uri, max(self.timeout_s, 60)):
+                self.client.log_artifacts(self.run_id, str(local), artifact_path)
+        except Exception as e:  # noqa: BLE001 - artifacts are a copy; the storage holds them
+            _log.warning("mlflow: artifacts %s not logged to run %s: %s", artifact_path, self.run_id,
+                         _describe(e))
+
     def finish(self) -> None:
         self._submit(self._end(RunStatus.FINISHED), wait_s=self.finish_wait_s)
 

@@ -10,12 +10,14 @@ and `TuneReportCallback` forwards rank 0's reports to Tune.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs
 
 from pitfalls.config import StudySpec, TrialConfig, TrialParams
+from pitfalls.results.phases import PREDICTIONS_DIR
 from pitfalls.sweep.checkpoints import CheckpointStore
 from pitfalls.sweep.tracking import StudyRun, TrialLogger, open_trial_run
 from pitfalls.train.checkpoint import epoch_of, history_of
@@ -33,6 +35,35 @@ class TrialContext:
     def checkpoints(self, trial_id: str) -> CheckpointStore:
         return CheckpointStore(self.storage_fs, f"{self.checkpoint_root}/{trial_id}",
                                self.study.fault_tolerance.keep_checkpoints)
+
+    def predictions(self, trial_id: str) -> Predictions:
+        root = self.checkpoint_root.rsplit("/", 1)[0]  # the study's root in its storage
+        return Predictions(self.storage_fs, f"{root}/{PREDICTIONS_DIR}/{trial_id}")
+
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Where a trial's prediction files go: `<study>/predictions/<trial id>/` in the study's
+    storage, and the trial's MLflow artifacts (`predictions/`)."""
+
+    fs: pyarrow.fs.FileSystem
+    directory: str
+
+    def local(self) -> Path:
+        """A fresh local directory for the training loop to write them into."""
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="pitfalls-predictions-"))
+
+    def publish(self, local: Path, logger: TrialLogger) -> None:
+        """Copy them to the storage and MLflow; written again, the same files replace the old."""
+        if not local.is_dir() or not any(local.iterdir()):
+            return
+        self.fs.create_dir(self.directory, recursive=True)
+        pyarrow.fs.copy_files(str(local), self.directory, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                              destination_filesystem=self.fs)
+        logger.log_artifacts(local, "predictions")
 
 
 def trial_run_name(trial_id: str, params: TrialParams, varied: list[str]) -> str:
@@ -54,7 +85,7 @@ def run_trial(config: dict, *, ctx: TrialContext) -> None:
     logger = TrialLogger(ctx.study_run.tracking_uri, run_id, pending_dir(ctx.study_dir))
     try:
         if ctx.study.resources.workers == 1:
-            _train_in_process(cfg, logger, ctx.checkpoints(trial_id))
+            _train_in_process(cfg, logger, ctx.checkpoints(trial_id), ctx.predictions(trial_id))
         else:
             _train_with_ray_train(cfg, trial_id, ctx, run_id)
     except BaseException as e:
@@ -110,7 +141,8 @@ def already_finished(resume: dict | None, epochs: int) -> dict | None:
     return tune_metrics(history_of(resume)[-1], resume, epochs)
 
 
-def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointStore) -> None:
+def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointStore,
+                      predictions: Predictions) -> None:
     import ray.tune
     import torch
 
@@ -128,13 +160,20 @@ def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointSt
         ray.tune.report(final)
         return
 
+    local = predictions.local()
+
     def report(metrics: dict, state: dict) -> None:
+        if epoch_of(state) == cfg.study.budget.epochs:  # before the final checkpoint: a trial
+            predictions.publish(local, logger)  # killed in between redoes its last epoch
         store.save(state)  # before Tune or MLflow hear of the epoch
         ray.tune.report(tune_metrics(metrics, state, cfg.study.budget.epochs))
         epochs.log(metrics)
 
-    train(cfg, report=report, device=device, resume=resume, snapshot=True,
-          on_setup=logger.log_params)
+    try:
+        train(cfg, report=report, device=device, resume=resume, snapshot=True,
+              on_setup=logger.log_params, predictions=local)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def _worker_loop(loop_config: dict) -> None:
@@ -153,6 +192,8 @@ def _worker_loop(loop_config: dict) -> None:
         epochs = EpochLog(TrialLogger(loop_config["tracking_uri"], loop_config["run_id"],
                                       pending_dir(loop_config["study_dir"])))
     store: CheckpointStore = loop_config["checkpoints"]
+    predictions: Predictions = loop_config["predictions"]
+    local = predictions.local()
     resume = store.latest()  # every rank: the same state (a restarted worker group included)
     if resume is not None and epochs is not None:
         epochs.restore(history_of(resume))
@@ -164,13 +205,18 @@ def _worker_loop(loop_config: dict) -> None:
     def report(metrics: dict, state: dict) -> None:
         shown = tune_metrics(metrics, state, cfg.study.budget.epochs)
         if rank == 0:
+            if epoch_of(state) == cfg.study.budget.epochs:
+                predictions.publish(local, epochs.logger)
             store.save(state)
         ray.train.report(shown, checkpoint=None)  # a barrier: every rank reports the same
         if rank == 0:
             epochs.log(metrics)
 
-    train(cfg, report=report, device=ray.train.torch.get_device(), resume=resume, snapshot=True,
-          on_setup=epochs.logger.log_params if epochs is not None else None)
+    try:
+        train(cfg, report=report, device=ray.train.torch.get_device(), resume=resume, snapshot=True,
+              on_setup=epochs.logger.log_params if epochs is not None else None, predictions=local)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, run_id: str) -> None:
@@ -186,7 +232,8 @@ def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, ru
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg, "tracking_uri": ctx.study_run.tracking_uri, "run_id": run_id,
-                           "study_dir": ctx.study_dir, "checkpoints": ctx.checkpoints(trial_id)},
+                           "study_dir": ctx.study_dir, "checkpoints": ctx.checkpoints(trial_id),
+                           "predictions": ctx.predictions(trial_id)},
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(

@@ -18,6 +18,7 @@ TORCH_RNG = "torch_rng"
 RANKS = "ranks"  # per DDP rank, in rank order:
 AUG_RNG = "aug_rng"  # its augmentation generator
 HEAD_STATE = "hidden"  # its carried head state (None unless the trial carries it)
+SELECTION = "selection"  # the selected epoch, its validation value and weights (train.selection)
 
 
 def epoch_of(checkpoint: dict) -> int:

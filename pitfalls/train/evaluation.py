@@ -18,8 +18,9 @@ EVAL_CHUNK = 64  # frames per forward pass in evaluation; the head's state is ca
 
 @torch.no_grad()
 def evaluate(model: VideoModel, videos: list[Video], task: Task, device: torch.device,
-             fast: FastPath | None = None) -> tuple[list, float, int]:
-    """Per-video records of `task`, the summed loss and the frame count over `videos`."""
+             fast: FastPath | None = None, outputs_of: list | None = None) -> tuple[list, float, int]:
+    """Per-video records of `task`, the summed loss and the frame count over `videos`; with
+    `outputs_of`, each video's (T, outputs) model output is appended to it (for predictions)."""
     model.eval()
     fast = fast or resolve(PerformanceSpec(), device)
     records, loss_sum, frames = [], 0.0, 0
@@ -32,7 +33,10 @@ def evaluate(model: VideoModel, videos: list[Video], task: Task, device: torch.d
             y = [torch.from_numpy(lab[None, start:stop]).to(device) for lab in labels]
             loss_sum += task.loss(out, y).item() * (stop - start)
             outputs.append(out[0].cpu().numpy())
-        records.append(task.video_record(np.concatenate(outputs), video))
+        output = np.concatenate(outputs)
+        records.append(task.video_record(output, video))
+        if outputs_of is not None:
+            outputs_of.append(output)
         frames += len(video)
     return records, loss_sum, frames
 

@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ from pitfalls.train.augment import augment
 from pitfalls.train.cheat_gap import cheat_gap_metrics, cheat_gap_records
 from pitfalls.train.evaluation import evaluate, gather
 from pitfalls.train.fast import FastPath, Stepper, prepare_model, resolve
+from pitfalls.train.predictions import write_predictions
+from pitfalls.train.selection import Selection, selected_weights
 from pitfalls.train.tasks import Task, make_task
 
 # report(metrics, checkpoint): after every epoch; the checkpoint is None unless asked for
@@ -81,6 +84,7 @@ class Run:
     extra: SequenceSampler  # PreciseBN's and the probes' batches: the training draws stay the same
     aug_rng: torch.Generator
     precise_bn: int  # batches PreciseBN recomputes BN statistics over before each evaluation
+    selection: Selection  # the epoch evaluated on test, and its weights
     state: State | None = None  # the head's carried state (carry_hidden)
     history: list[dict] = field(default_factory=list)
     first_epoch: int = 1
@@ -104,7 +108,7 @@ def setup(cfg: TrialConfig, device: torch.device,
     tools = (anticipation_tools(study.dataset.name, study.task.tools, data.tool_names)
              if study.task.name == "anticipation" else ())
     task = make_task(study.task.name, len(data.phase_names), data.tool_names, tools,
-                     study.task.horizon, data.fps)
+                     study.task.horizon, data.fps, study.evaluation.protocol)
     fast = resolve(study.performance, device)
     if on_setup is not None:
         on_setup(fast.as_params())
@@ -132,8 +136,9 @@ def setup(cfg: TrialConfig, device: torch.device,
     if p.norm == "sync_batch" and d.world_size == 1:
         warnings.warn("norm 'sync_batch' with one worker is plain BatchNorm", stacklevel=2)
     precise_bn = precise_bn_batches(cfg) if batch_stat_layers(model) else 0
+    selection = Selection(study.metric.selection, study.metric.mode, study.evaluation.select)
     return Run(cfg, d, device, data, task, fast, model, net, optimizer, stepper, sampler, extra,
-               aug_rng, precise_bn)
+               aug_rng, precise_bn, selection)
 
 
 def restore(run: Run, checkpoint: dict) -> None:
@@ -151,6 +156,8 @@ def restore(run: Run, checkpoint: dict) -> None:
         run.state = state_to(ranks[run.d.rank][ckpt.HEAD_STATE], run.device)
     run.history = ckpt.history_of(checkpoint)
     run.first_epoch = ckpt.epoch_of(checkpoint) + 1
+    if ckpt.SELECTION in checkpoint:  # absent from checkpoints of older versions
+        run.selection.load_state_dict(checkpoint[ckpt.SELECTION])
 
 
 def capture(run: Run, epoch: int) -> dict:
@@ -167,6 +174,7 @@ def capture(run: Run, epoch: int) -> dict:
         ckpt.SCALER: run.stepper.scaler.state_dict(),
         ckpt.SAMPLER: run.sampler.state_dict(), ckpt.EXTRA_SAMPLER: run.extra.state_dict(),
         ckpt.TORCH_RNG: torch.get_rng_state(),
+        ckpt.SELECTION: run.selection.state_dict(),
     }
 
 
@@ -217,6 +225,41 @@ def evaluate_epoch(run: Run, epoch: int) -> dict:
     return metrics
 
 
+def final_evaluation(run: Run, predictions: Path | None) -> dict:
+    """After the last epoch, with the selected epoch's weights: the test split, evaluated once
+    (`test_*`), and the per-frame predictions of val and test written to `predictions`."""
+    d = run.d
+    out: dict = {"selected_epoch": run.selection.epoch}
+    with selected_weights(run.model, run.selection):
+        for split in ("val", "test"):
+            videos = run.data.splits.get(split, [])
+            if not videos or (split == "val" and predictions is None):
+                continue
+            mine = list(range(len(videos)))[d.rank::d.world_size]
+            outputs: list[np.ndarray] = []
+            records, loss_sum, frames = gather(
+                *evaluate(run.model, [videos[i] for i in mine], run.task, run.device, run.fast, outputs),
+                d.rank, d.world_size)
+            if split == "test":
+                out.update({"test_loss": loss_sum / max(frames, 1), **run.task.summarize(records, "test_")})
+            if predictions is not None:
+                indexed, _, _ = gather(list(zip(mine, outputs)), 0.0, 0, d.rank, d.world_size)
+                if d.rank == 0:
+                    order = sorted(indexed, key=lambda pair: pair[0])
+                    write_predictions(predictions, split, run.data, run.task,
+                                      [videos[i] for i, _ in order], [o for _, o in order])
+    return out
+
+
+def evaluate_checkpoint(cfg: TrialConfig, checkpoint: dict, device: torch.device | None = None,
+                        predictions: Path | None = None) -> dict:
+    """The final evaluation redone from a trial's stored checkpoint (its selection included):
+    the same `test_*` metrics and prediction files as at the end of its training."""
+    run = setup(cfg, device or torch.device("cpu"))
+    restore(run, checkpoint)
+    return final_evaluation(run, predictions)
+
+
 def _probe(run: Run) -> dict:
     """Pitfall probes on the trained model, on the first `seq_len` frames of two val videos."""
     from pitfalls.probes.summary import probe_model
@@ -231,8 +274,13 @@ def _probe(run: Run) -> dict:
 
 def train(cfg: TrialConfig, report: Report = _ignore, device: torch.device | None = None, *,
           resume: dict | None = None, snapshot: bool = False,
-          on_setup: Callable[[dict], None] | None = None) -> dict:
+          on_setup: Callable[[dict], None] | None = None, predictions: Path | None = None) -> dict:
     """Train one trial; return the last epoch's metrics.
+
+    After every epoch's validation the selection (`evaluation.select`) may take the epoch; after
+    the last, the selected weights are evaluated on the test split (`test_*`, `selected_epoch`)
+    and, with `predictions` (a local directory) and `evaluation.predictions`, their per-frame
+    predictions of val and test are written there (`pitfalls.train.predictions`).
 
     `on_setup` receives the resolved fast path (`FastPath.as_params()`: precision, layout, ...)
     once, before the first step, for the trial's record.
@@ -261,10 +309,13 @@ def train(cfg: TrialConfig, report: Report = _ignore, device: torch.device | Non
         }
         if epoch == study.budget.epochs and study.evaluation.probes:
             metrics.update(_probe(run))
+        run.selection.offer(epoch, metrics, run.model)
+        if epoch == study.budget.epochs:
+            metrics.update(final_evaluation(run, predictions if study.evaluation.predictions else None))
         run.history.append(metrics)
         report(metrics, capture(run, epoch) if snapshot else None)
     return metrics
 
 
-__all__ = ["Distributed", "Report", "Run", "capture", "evaluate_epoch", "restore", "setup",
-           "train", "train_epoch"]
+__all__ = ["Distributed", "Report", "Run", "capture", "evaluate_checkpoint", "evaluate_epoch",
+           "final_evaluation", "restore", "setup", "train", "train_epoch"]

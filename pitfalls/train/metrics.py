@@ -24,8 +24,11 @@ from __future__ import annotations
 import numpy as np
 
 from pitfalls.config.metrics import names
+from pitfalls.scoring.protocols import METRICS as SCORED
 
-PHASE_METRICS = names("phase")  # accuracy, precision, recall, f1, jaccard (the metric registry)
+# accuracy, precision, recall, f1, jaccard: the registry's phase scores computed here (the others
+# are the scoring protocols')
+PHASE_METRICS = tuple(n for n in names("phase") if n not in {d.name for d in SCORED})
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:

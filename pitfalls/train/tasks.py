@@ -1,8 +1,9 @@
 """What a trial learns: per task, the labels of a video, the loss, and the evaluation metrics.
 
 Two tasks share one training loop:
-- `phase`: per-frame phase classification; cross-entropy; accuracy (mean ± std over videos),
-  macro precision, recall, F1, Jaccard.
+- `phase`: per-frame phase classification; cross-entropy; per-video macro accuracy (mean ± std
+  over videos), precision, recall, F1, Jaccard; and the Cholec80 community's relaxed and strict
+  scores, the pooled and balanced ones (`pitfalls.scoring.protocols`, the study's protocol).
 - `anticipation` (Rivoir et al. 2020): per instrument, minutes until it next appears clipped at
   the horizon (regression, divided by the horizon) plus present / outside / inside horizon
   (classification); inMAE, outMAE, wMAE, eMAE in minutes.
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from pitfalls.data.base import Video
+from pitfalls.scoring.protocols import evaluate_records
+from pitfalls.scoring.protocols import video_record as scored_video
 from pitfalls.train.anticipation import (
     anticipation_errors,
     anticipation_loss,
@@ -37,12 +40,14 @@ class Task(Protocol):
     def labels(self, video: Video) -> tuple[np.ndarray, ...]: ...
     def loss(self, output: torch.Tensor, labels: Sequence[torch.Tensor]) -> torch.Tensor: ...
     def video_record(self, output: np.ndarray, video: Video): ...
-    def summarize(self, records: list) -> dict[str, float]: ...
+    def summarize(self, records: list, prefix: str = "val_") -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
 class PhaseTask:
     num_classes: int
+    fps: float = 1.0  # frames per second: the relaxed boundary is 10 s of frames
+    protocol: str = "matlab"
     name: str = "phase"
 
     @property
@@ -55,11 +60,15 @@ class PhaseTask:
     def loss(self, output: torch.Tensor, labels: Sequence[torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(output.flatten(0, -2), labels[0].flatten())
 
-    def video_record(self, output: np.ndarray, video: Video) -> dict[str, float]:
-        return phase_scores(output.argmax(-1), video.phases, self.num_classes)
+    def video_record(self, output: np.ndarray, video: Video) -> dict:
+        pred = output.argmax(-1)
+        return {"macro": phase_scores(pred, video.phases, self.num_classes),
+                "scored": scored_video(video.phases, pred, self.num_classes, self.fps, self.protocol)}
 
-    def summarize(self, records: list) -> dict[str, float]:
-        return summarize_phase(records)
+    def summarize(self, records: list, prefix: str = "val_") -> dict[str, float]:
+        scored = evaluate_records([r["scored"] for r in records], self.protocol).metrics()
+        return {**summarize_phase([r["macro"] for r in records], prefix),
+                **{prefix + k: v for k, v in scored.items()}}
 
 
 @dataclass
@@ -91,12 +100,12 @@ class AnticipationTask:
         pred = predicted_minutes(torch.from_numpy(output), self.horizon).numpy()
         return anticipation_errors(pred, self._targets(video).minutes, self.horizon)
 
-    def summarize(self, records: list) -> dict[str, float]:
-        return summarize_anticipation(merge_errors(records))
+    def summarize(self, records: list, prefix: str = "val_") -> dict[str, float]:
+        return summarize_anticipation(merge_errors(records), prefix)
 
 
 def make_task(name: str, num_phases: int, tool_names: Sequence[str], tools: Sequence[str],
-              horizon: float, fps: float) -> Task:
+              horizon: float, fps: float, protocol: str = "matlab") -> Task:
     if name == "phase":
-        return PhaseTask(num_phases)
+        return PhaseTask(num_phases, fps, protocol)
     return AnticipationTask(tuple(list(tool_names).index(t) for t in tools), horizon, fps)

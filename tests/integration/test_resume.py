@@ -126,5 +126,7 @@ def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, stora
         assert c.info.status == "FINISHED", context
         history = client.get_metric_history(c.info.run_id, "train_loss")
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), context  # each epoch once
+        tested = client.get_metric_history(c.info.run_id, "test_accuracy")  # the test split: once
+        assert [m.step for m in tested] == [EPOCHS], context
         if c.data.tags["pitfalls.trial_id"] in done_before:  # not trained again after the kill
             assert all(m.timestamp / 1000 < killed_at for m in history), context

@@ -83,6 +83,11 @@ CASES = [
     ("unknown-head", _with(["model", "temporal_head", "type"], "transformer"), "model.temporal_head.type: 'transformer' is not a known temporal head; valid choices: lstm, gru"),
     ("unknown-backbone", _with(["model", "backbone"], "resnet_nope"), "model.backbone: 'resnet_nope' is not a timm model name"),
     ("unknown-dataset", _study(dataset={"name": "kinetics"}), "dataset.name: 'kinetics' is not a known dataset; valid choices: synthetic, cholec80, frames"),
+    ("unknown-selection", _study(evaluation={"select": "worst"}), "evaluation.select: 'worst' valid choices: best, last"),
+    ("unknown-protocol", _study(evaluation={"protocol": "octave"}), "evaluation.protocol: 'octave' valid choices: matlab, corrected"),
+    ("test-metric-without-test-split", _with(["dataset", "options", "test_videos"], 0).replace(
+        "name: val_accuracy", "name: test_relaxed_accuracy"), "metric.name: 'test_relaxed_accuracy' needs a test split"),
+    ("unknown-test-metric", _study(metric={"name": "test_wMAE", "mode": "min"}), "metric.name: 'test_wMAE' is not a metric of task phase"),
 ]
 
 

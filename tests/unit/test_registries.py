@@ -20,22 +20,25 @@ from pitfalls.config.metrics import (
     TASKS,
     default_metric,
     names,
+    selection_metric,
     task_metrics,
 )
 from pitfalls.config.params import CORE_FACTORS, PARAMS, TrialParams
 from pitfalls.config.spec import TaskSpec
+from pitfalls.data.base import Video
 from pitfalls.fields import choices_of
 from pitfalls.models.heads import HEADS
 from pitfalls.models.norms import NORMS, NormOptions
 from pitfalls.probes.registry import COLUMNS, PROBES
 from pitfalls.results.schema import PARAM_NAMES, SCHEMA, SCHEMA_VERSION
 from pitfalls.results.schema import PROBES as SCHEMA_PROBES
+from pitfalls.train.tasks import PhaseTask
 from tests.conftest import ROOT
 from tests.helpers import lstm_model, tiny_params, tiny_study
 
 # The results schema's columns, per version: a change to a parameter, metric or probe changes
 # the schema; bump SCHEMA_VERSION (results/schema.py) and record the new fingerprint here.
-SCHEMA_FINGERPRINTS = {"5": "ce15345858ff50d5"}
+SCHEMA_FINGERPRINTS = {"5": "ce15345858ff50d5", "6": "2a280b1656462bde"}
 
 
 def test_results_schema_is_versioned_with_its_columns():
@@ -51,10 +54,16 @@ def test_results_schema_is_versioned_with_its_columns():
 
 def test_tasks_and_metrics_agree():
     assert choices_of(TaskSpec, "name") == TASKS
-    assert all(m.task in (*TASKS, None) and m.split in ("val", "train") for m in METRICS.values())
+    assert all(m.task in (*TASKS, None) and m.split in ("val", "train", "test") for m in METRICS.values())
     for task in TASKS:
         assert default_metric(task) in task_metrics(task)
-    assert not set(AFTER_TRAINING_METRICS) & {m for t in TASKS for m in task_metrics(t)}
+    once = {n for n in AFTER_TRAINING_METRICS if METRICS[n].split != "test"}  # the cheat gap
+    assert not once & {m for t in TASKS for m in task_metrics(t)}
+    # every test metric is its validation metric measured once: same task, same direction
+    for n, m in METRICS.items():
+        if m.split == "test":
+            val = METRICS[selection_metric(n)]
+            assert (val.split, val.task, val.mode, val.when) == ("val", m.task, m.mode, "epoch"), n
     assert [f.name for f in SCHEMA if f.name.startswith("final_")] == [f"final_{m}" for m in RESULT_METRICS]
 
 
@@ -63,8 +72,14 @@ def test_the_tasks_compute_exactly_their_registered_metrics():
     from pitfalls.train.metrics import phase_scores, summarize_phase
 
     scores = [phase_scores(np.array([0, 1, 1]), np.array([0, 1, 0]), 2)] * 2
-    assert set(summarize_phase(scores)) == {f"val_{n}" for n in names("phase")} | {"val_accuracy_std"}
     assert set(summarize_phase(scores)) <= set(METRICS)
+    task = PhaseTask(2)
+    video = Video("v", None, np.array([0, 1, 0]), np.zeros((3, 0)))
+    records = [task.video_record(np.eye(2)[[0, 1, 1]], video)] * 2
+    for split in ("val", "test"):
+        registered = {n for n, m in METRICS.items() if m.task == "phase" and m.split == split}
+        assert set(task.summarize(records, f"{split}_")) == registered
+    assert {f"val_{n}" for n in names("phase")} <= set(task.summarize(records))
     minutes = np.array([[0.0], [0.5], [3.0]])
     anticipation = summarize_anticipation(anticipation_errors(minutes, minutes, 3.0))
     assert set(anticipation) == {f"val_{n}" for n in names("anticipation")}
@@ -72,12 +87,12 @@ def test_the_tasks_compute_exactly_their_registered_metrics():
 
 def test_the_cheat_gap_reports_its_registered_metrics():
     from pitfalls.train.cheat_gap import cheat_gap_metrics
-    from pitfalls.train.tasks import PhaseTask
 
-    record = {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "jaccard": 0.5}
+    video = Video("v", None, np.array([0, 1, 0]), np.zeros((3, 0)))
+    record = PhaseTask(2).video_record(np.eye(2)[[0, 1, 1]], video)
     got = [k for split in ("val", "train")
            for k in cheat_gap_metrics(PhaseTask(2), [record], [record], split)]
-    assert got == list(AFTER_TRAINING_METRICS)
+    assert got == [n for n in AFTER_TRAINING_METRICS if n.startswith(("val_", "train_"))]
 
 
 def test_a_trial_reports_only_registered_metrics_and_probes():
