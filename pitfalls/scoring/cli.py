@@ -59,11 +59,10 @@ def evaluate_dirs(gt_dir: str, pred_dir: str, protocol: str, fps: float | None,
             gt, pred = _first_row_dropped(gt), _first_row_dropped(pred)
         pairs.append((match(gt, pred), pred.phases))
         if fps is None:
-            rate = rows_per_second(gt, pred)
-            if rate is None:
-                raise PhaseFileError(f"{pred_path}: cannot tell the rows' frame rate from consecutive "
-                                     "frame numbers with numeric phases; pass --fps (1 if each row "
-                                     "is one second)")
+            rate, assumed = rows_per_second(gt, pred)
+            if assumed and not any("assumed" in n for n in notes):
+                notes.append(f"{pred_path.name}: consecutive frame numbers with phase numbers: "
+                             "assumed 1 row per second (a 1-fps export); pass --fps otherwise")
             rates.add(rate)
     if fps is None:
         if len(rates) > 1:

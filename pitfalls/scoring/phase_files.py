@@ -106,16 +106,15 @@ def match(gt: PhaseFile, pred: PhaseFile) -> np.ndarray:
     return gt.phases[where]
 
 
-def rows_per_second(gt: PhaseFile, pred: PhaseFile) -> float | None:
-    """The prediction rows' frame rate where the indices tell it: Cholec80's indices count 25-fps
-    frames, so rows every s frames are 25/s per second. Consecutive indices in a file of phase
-    numbers may count seconds or 25-fps frames: None (the caller must be told)."""
-    if len(pred.frames) < 2:
-        return None
-    step = (pred.frames[-1] - pred.frames[0]) / (len(pred.frames) - 1)
+def rows_per_second(gt: PhaseFile, pred: PhaseFile) -> tuple[float, bool]:
+    """(the prediction rows' frame rate, whether it was assumed). Cholec80's indices count
+    25-fps frames, so rows every s frames are 25/s per second (its annotations, or exports
+    numbered 0, 25, 50, ...). Consecutive indices with phase numbers are a 1-fps export numbered
+    by second: 1 per second, assumed (`--fps` says otherwise)."""
+    step = (pred.frames[-1] - pred.frames[0]) / (len(pred.frames) - 1) if len(pred.frames) > 1 else 1.0
     if gt.named or step > 1.5:
-        return round(ANNOTATION_FPS / step, 6)
-    return None
+        return round(ANNOTATION_FPS / step, 6), False
+    return 1.0, True
 
 
 def write_phase_file(path: str | Path, frames: Sequence[int], phases: Sequence[int],

@@ -66,7 +66,10 @@ class ConsoleProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        shown = dict.fromkeys([self.spec.metric.selection, self.spec.metric.name])
+        selection = self.spec.metric.selection  # and the same score on the test split, if measured
+        tested = "test_" + selection.removeprefix("val_") if selection.startswith("val_") else selection
+        shown = [m for m in dict.fromkeys([selection, self.spec.metric.name, tested])
+                 if m == selection or m in last]
         self._line(trial, "DONE", " ".join(f"{m}={last.get(m, float('nan')):.4f}" for m in shown))
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -3,6 +3,8 @@
     <dir>/<split>/<video>-phase.txt     Cholec80's annotation format (`Frame<TAB>Phase`, the
                                         dataset's frame indices, phase names): phase task
     <dir>/<split>/probabilities.parquet video, frame, truth, prediction, p_<phase> per phase
+    <dir>/<split>/scores.json           the split's relaxed and strict scores with their per-phase
+                                        table (`pitfalls evaluate --json`'s shape)
     <dir>/<split>/anticipation.parquet  video, frame, and per instrument the predicted and true
                                         minutes until it appears (clipped at the horizon)
 
@@ -33,7 +35,7 @@ def write_predictions(directory: Path, split: str, data: VideoData, task: Task,
     """The files of one split; `outputs[i]` is the model's (T, outputs) output for `videos[i]`."""
     import torch
 
-    from pitfalls.fileio import atomic_open
+    from pitfalls.fileio import atomic_open, atomic_write
 
     out = Path(directory) / split
     out.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,14 @@ def write_predictions(directory: Path, split: str, data: VideoData, task: Task,
             columns.setdefault("prediction", []).append(pred)
             for c, name in enumerate(data.phase_names):
                 columns.setdefault(f"p_{name}", []).append(prob[:, c])
+    if not isinstance(task, AnticipationTask):
+        import json
+
+        from pitfalls.scoring.protocols import evaluate_videos
+
+        ev = evaluate_videos([(v.phases, o.argmax(-1)) for v, o in zip(videos, outputs)],
+                             len(data.phase_names), data.fps, task.protocol)
+        atomic_write(out / "scores.json", json.dumps({"fps": data.fps, **ev.as_json(data.phase_names)}, indent=2))
     table = pa.table({k: np.concatenate(v) for k, v in columns.items()})
     table = table.replace_schema_metadata({"pitfalls.fps": str(data.fps),  # for scoring them again
                                            "pitfalls.protocol": getattr(task, "protocol", "")})

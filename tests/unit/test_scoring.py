@@ -275,9 +275,9 @@ def test_evaluate_refuses_what_it_cannot_score(tmp_path, capsys):
     assert rc == 2 and "no ground truth for video07-phase.txt" in err
     (tmp_path / "gt" / "video07-phase.txt").write_text("0\t0\n1\t0\n2\t0\n")
     (tmp_path / "pred" / "video07-phase.txt").write_text("0\t0\n1\t0\n2\t0\n")
-    # consecutive indices with numeric phases: seconds or 25-fps frames? Asked, not guessed.
-    rc, _, err = _evaluate(capsys, "--gt", tmp_path / "gt", "--pred", tmp_path / "pred")
-    assert rc == 2 and "pass --fps" in err
+    # consecutive indices with numeric phases: a 1-fps export numbered by second, said so
+    rc, got, err = _evaluate(capsys, "--gt", tmp_path / "gt", "--pred", tmp_path / "pred", "--json")
+    assert rc == 0 and got["fps"] == 1.0 and "assumed 1 row per second" in err and "pass --fps" in err
     rc, got, err = _evaluate(capsys, "--gt", tmp_path / "gt", "--pred", tmp_path / "pred", "--fps", "1",
                              "--protocol", "corrected", "--json")
     assert rc == 0 and got["relaxed"]["accuracy"]["mean"] == 100.0

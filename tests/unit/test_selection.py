@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -112,6 +113,9 @@ def test_predictions_are_the_selected_checkpoint_in_cholec80_format(tmp_path):
     ev = evaluate_videos([(g, p) for _, g, p in videos_of(table)], len(data.phase_names), 1.0, "matlab")
     for k, v in ev.metrics().items():
         assert final[f"test_{k}"] == pytest.approx(v, nan_ok=True), k
+    scores = json.loads((tmp_path / "test" / "scores.json").read_text())
+    assert scores["relaxed"]["accuracy"]["mean"] == pytest.approx(final["test_relaxed_accuracy"])
+    assert list(scores["strict"]["per_phase"]) == list(data.phase_names)
 
 
 def test_without_a_test_split_nothing_is_tested_and_predictions_can_be_off(tmp_path):
