@@ -15,15 +15,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pitfalls.scoring.protocols import evaluate_videos
+from pitfalls.scoring.protocols import KINDS, PER_PHASE, evaluate_videos
 
 PREDICTIONS_DIR = "predictions"  # <study>/predictions/<trial id>/<split>/
 PROBABILITIES = "probabilities.parquet"
 SPLITS = ("test", "val")  # the first whose predictions exist
 
 
+def _path(root: Path, trial_id: str, split: str) -> Path:
+    return Path(root) / trial_id / split / PROBABILITIES
+
+
 def read_predictions(root: Path, trial_id: str, split: str) -> pa.Table | None:
-    path = Path(root) / trial_id / split / PROBABILITIES
+    path = _path(root, trial_id, split)
     return pq.read_table(path) if path.is_file() else None
 
 
@@ -48,8 +52,7 @@ def _arm_trials(results: pa.Table, factors: list[str], arm: dict) -> list[str]:
 
 
 def _split_with_predictions(root: Path, trials: list[str]) -> str | None:
-    return next((s for s in SPLITS if trials and all(read_predictions(root, t, s) is not None
-                                                     for t in trials)), None)
+    return next((s for s in SPLITS if trials and all(_path(root, t, s).is_file() for t in trials)), None)
 
 
 def per_phase(root: Path, results: pa.Table, factors: list[str], arm: dict | None) -> dict | None:
@@ -71,8 +74,8 @@ def per_phase(root: Path, results: pa.Table, factors: list[str], arm: dict | Non
     rows = []
     for i, name in enumerate(names):
         row = {"phase": name}
-        for kind in ("relaxed", "strict"):
-            for score in ("jaccard", "precision", "recall"):
+        for kind in KINDS:
+            for score in PER_PHASE:
                 values = np.array([e.kinds[kind].per_phase[score][i] for e in evals])
                 values = values[~np.isnan(values)]
                 row[f"{kind}_{score}"] = float(values.mean()) if len(values) else None

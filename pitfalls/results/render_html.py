@@ -10,6 +10,7 @@ import pyarrow as pa
 from pitfalls.results.analysis import Analysis, comparison_data, with_factor_columns, worst_configuration
 from pitfalls.results.figures import figures, ribbon_figure
 from pitfalls.results.schema import metric_when
+from pitfalls.scoring.protocols import PHASE_COLUMNS
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
@@ -37,8 +38,7 @@ def render_html(results: pa.Table, a: Analysis, data: dict | None = None) -> str
     per_phase = data.get("per_phase")
     return env.get_template(TEMPLATE.name).render(
         when=metric_when(a.metric), ribbon=ribbon, per_phase=per_phase,
-        phase_columns=["phase", *(f"{k}_{s}" for k in ("relaxed", "strict")
-                                  for s in ("jaccard", "precision", "recall"))],
+        phase_columns=["phase", *PHASE_COLUMNS],
         name=a.name, metric=a.metric, mode=a.mode, trials=results.num_rows,
         over="seeds" if a.paired else "trials", data=data, factors=list(a.factors),
         combination_columns=[*a.factors, "n", "mean", "std", "ci95_low", "ci95_high", "failed"],

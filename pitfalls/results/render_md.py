@@ -9,6 +9,7 @@ import pyarrow as pa
 from pitfalls.markdown import table
 from pitfalls.results.analysis import Analysis, comparison_data
 from pitfalls.results.schema import companion_metric, metric_when
+from pitfalls.scoring.protocols import PHASE_COLUMNS
 
 
 def _fmt(x) -> str:
@@ -71,9 +72,8 @@ def paired_markdown(rows: list[dict], metric: str) -> str:
 def phase_markdown(pp: dict) -> list[str]:
     """The best arm's per-phase scores (percent), relaxed and strict, as the community tabulates."""
     arm = ", ".join(f"{k}={v}" for k, v in pp["arm"].items())
-    head = ["phase", *(f"{kind} {s}" for kind in ("relaxed", "strict") for s in ("jaccard", "precision", "recall"))]
-    rows = [[r["phase"], *("–" if r[f"{kind}_{s}"] is None else f"{r[f'{kind}_{s}']:.2f}"
-                           for kind in ("relaxed", "strict") for s in ("jaccard", "precision", "recall"))]
+    head = ["phase", *(c.replace("_", " ") for c in PHASE_COLUMNS)]
+    rows = [[r["phase"], *("–" if r[c] is None else f"{r[c]:.2f}" for c in PHASE_COLUMNS)]
             for r in pp["rows"]]
     return [f"## Per phase: best configuration ({arm}), {pp['split']} split", "",
             f"Protocol {pp['protocol']}, percent; per phase the mean over videos, then over the "

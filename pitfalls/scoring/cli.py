@@ -19,7 +19,7 @@ from pitfalls.scoring.phase_files import (
     read_phase_file,
     rows_per_second,
 )
-from pitfalls.scoring.protocols import PROTOCOLS, Evaluation, evaluate_videos
+from pitfalls.scoring.protocols import PER_PHASE, PROTOCOLS, SCORES, Evaluation, evaluate_videos
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,10 +81,10 @@ def render(ev: Evaluation, fps: float, phase_names: Sequence[str]) -> str:
     out = [f"{ev.videos} videos, protocol {ev.protocol}, {fps:g} rows/s (relaxed boundary "
            f"{int(np.floor(10 * fps + 1e-9))} rows)", ""]
     for kind, s in ev.kinds.items():
-        out += [f"## {kind}", "", table(["phase", "jaccard", "precision", "recall"], [
-            [name, *(_fmt(s.per_phase[k][i]) for k in ("jaccard", "precision", "recall"))]
+        out += [f"## {kind}", "", table(["phase", *PER_PHASE], [
+            [name, *(_fmt(s.per_phase[k][i]) for k in PER_PHASE)]
             for i, name in enumerate(phase_names)])]
-        for k in ("accuracy", "jaccard", "precision", "recall"):
+        for k in SCORES:
             mean, std = s.summary[k]
             out.append(f"{kind} {k}: {_fmt(mean)} ± {_fmt(std)}")
         out.append("")

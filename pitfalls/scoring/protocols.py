@@ -39,7 +39,10 @@ import numpy as np
 PROTOCOLS = ("matlab", "corrected")
 RELAXED_SECONDS = 10.0
 KINDS = ("relaxed", "strict")
-SCORES = ("accuracy", "jaccard", "precision", "recall")  # per kind, in percent
+PER_PHASE = ("jaccard", "precision", "recall")  # per phase, then over phases
+SCORES = ("accuracy", *PER_PHASE)  # per kind, in percent
+# the per-phase table's columns: relaxed_jaccard, ..., strict_recall
+PHASE_COLUMNS = tuple(f"{kind}_{s}" for kind in KINDS for s in PER_PHASE)
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ def summarize(scores: Sequence[VideoScore], protocol: str) -> Summary:
     acc = np.array([s.accuracy for s in scores])
     out = {"accuracy": (float(acc.mean()), _std(acc))}
     per_phase, per_phase_std = {}, {}
-    for name in ("jaccard", "precision", "recall"):
+    for name in PER_PHASE:
         m = np.stack([getattr(s, name) for s in scores], axis=1)  # (K, videos)
         m = np.where(m > 100, 100.0, m)  # inf included; NaN stays NaN
         phase_mean = _nanmean(m, axis=1)

@@ -12,6 +12,7 @@ from typing import TextIO
 from ray.tune import Callback
 
 from pitfalls.config import StudySpec
+from pitfalls.results.schema import companion_metric
 from pitfalls.results.store import RESULTS_FILE, trial_row, write_results
 from pitfalls.sweep.storage import StudyStorage, bound, bound_spec
 
@@ -67,8 +68,7 @@ class ConsoleProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         selection = self.spec.metric.selection  # and the same score on the test split, if measured
-        tested = "test_" + selection.removeprefix("val_") if selection.startswith("val_") else selection
-        shown = [m for m in dict.fromkeys([selection, self.spec.metric.name, tested])
+        shown = [m for m in dict.fromkeys([selection, self.spec.metric.name, companion_metric(selection)])
                  if m == selection or m in last]
         self._line(trial, "DONE", " ".join(f"{m}={last.get(m, float('nan')):.4f}" for m in shown))
 
