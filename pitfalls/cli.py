@@ -27,7 +27,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         outcome = run_study(spec, study_storage(args.storage, spec.name), tracking_uri=args.mlflow_uri,
-                            address=args.address, optuna_storage=args.optuna_storage)
+                            address=args.address, optuna_storage=args.optuna_storage,
+                            force=args.force)
     except (StudySetupError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -39,11 +40,16 @@ def _resume(args: argparse.Namespace) -> int:
 
     try:
         outcome = resume_study(args.study_dir, tracking_uri=args.mlflow_uri,
-                               address=args.address, optuna_storage=args.optuna_storage)
+                               address=args.address, optuna_storage=args.optuna_storage,
+                               force=args.force)
     except StudySetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return _finish(outcome)
+
+
+FORCE_HELP = ("take over the study's driver lock from a driver that is gone (its machine lost, "
+              "its lease not expired yet); never while that driver runs")
 
 
 def _finish(outcome) -> int:
@@ -72,13 +78,16 @@ def _finish(outcome) -> int:
 def _report_source(args: argparse.Namespace):
     """(results table, Analysis, study dir or None) from whichever source was named."""
     from pitfalls.results.analysis import analysis_of_study, infer_analysis, load_resolved_study
-    from pitfalls.results.store import RESULTS_FILE, read_results
+    from pitfalls.results.store import RESULTS_FILE, has_results, read_results, read_study_results
 
     if args.mlflow_experiment:
         from pitfalls.results.mlflow_source import results_from_mlflow
 
-        results = results_from_mlflow(args.mlflow_experiment, args.mlflow_uri)
+        results = results_from_mlflow(args.mlflow_experiment, args.mlflow_uri, args.study_id)
         return results, infer_analysis(results, args.mlflow_experiment, args.metric, args.mode), None
+    if args.study_id:
+        raise ValueError("--study-id picks a study of --mlflow-experiment; a study directory or "
+                         "results file holds one study")
     from pitfalls.sweep.storage import existing_study_storage, is_remote
 
     if is_remote(args.source):
@@ -89,13 +98,13 @@ def _report_source(args: argparse.Namespace):
     if source.is_file() and source.suffix == ".parquet":
         results = read_results(source)
         return results, infer_analysis(results, source.stem, args.metric, args.mode), None
-    if (source / "study.yaml").is_file() and (source / RESULTS_FILE).is_file():
+    if (source / "study.yaml").is_file() and has_results(source):
         from dataclasses import replace
 
         from pitfalls.results.phases import PREDICTIONS_DIR
 
         analysis = replace(analysis_of_study(load_resolved_study(source)), predictions=source / PREDICTIONS_DIR)
-        return read_results(source / RESULTS_FILE), analysis, source
+        return read_study_results(source), analysis, source
     raise ValueError(f"{source} is neither a study directory (study.yaml + {RESULTS_FILE}) "
                      "nor a .parquet results file")
 
@@ -228,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Optuna storage URL for optuna studies, e.g. postgresql+psycopg2://... "
                           "(default: $PITFALLS_OPTUNA_STORAGE, else optuna.db in the study directory)")
     run.add_argument("--name", default=None, help="study name (default: the study file's name)")
+    run.add_argument("--force", action="store_true", help=FORCE_HELP)
     run.set_defaults(func=_run)
     resume = sub.add_parser("resume", help="continue an interrupted study: finished trials are "
                                            "kept, the others continue from their checkpoints")
@@ -239,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
     resume.add_argument("--optuna-storage", default=None,
                         help="Optuna storage URL, when the study started with one")
+    resume.add_argument("--force", action="store_true", help=FORCE_HELP)
     resume.set_defaults(func=_resume)
     plan = sub.add_parser("plan", help="what a study will cost and whether each configuration fits, "
                                        "measured with a few steps per model shape (no Ray)")
@@ -255,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--mlflow-experiment", help="read the trials from this MLflow experiment")
     report.add_argument("--mlflow-uri", default=None, help="tracking URI for --mlflow-experiment "
                                                            "(default: $MLFLOW_TRACKING_URI)")
+    report.add_argument("--study-id", default=None,
+                        help="with --mlflow-experiment: the study to read, when the experiment "
+                             "holds several (runs of studies with the same name)")
     report.add_argument("--metric", default="val_accuracy", choices=METRICS,
                         help="without a study file (default val_accuracy)")
     report.add_argument("--mode", default="max", choices=("max", "min"))
@@ -302,9 +316,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _move_credentials(args: argparse.Namespace) -> int | None:
+    """Credentials in --mlflow-uri / --optuna-storage (else $MLFLOW_TRACKING_URI /
+    $PITFALLS_OPTUNA_STORAGE) to the environment, before anything can store or print them
+    (`pitfalls.sweep.credentials`); 2 when one cannot move."""
+    from pitfalls.sweep import credentials
+
+    try:
+        for option, env in (("mlflow_uri", credentials.TRACKING_URI_ENV),
+                            ("optuna_storage", credentials.OPTUNA_STORAGE_ENV)):
+            if hasattr(args, option):
+                if getattr(args, option) is None:
+                    credentials.move_env_credentials(env)
+                setattr(args, option, credentials.move_credentials(getattr(args, option)))
+    except credentials.CredentialsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if (rc := _move_credentials(args)) is not None:
+        return rc
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Tune's own handling (e.g. Ray starting)
+        print("interrupted; a study stopped this way continues with `pitfalls resume DIR`",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -174,12 +174,9 @@ def machine() -> str:
 
 
 def _completed(study_dir: Path) -> int:
-    from pitfalls.results import read_results
+    from pitfalls.results.store import read_study_results
 
-    path = study_dir / "results.parquet"
-    if not path.is_file():
-        return 0
-    return pc.sum(pc.equal(read_results(path)["status"], "completed")).as_py() or 0
+    return pc.sum(pc.equal(read_study_results(study_dir)["status"], "completed")).as_py() or 0
 
 
 def _freezing_study(specs: list):

@@ -35,6 +35,12 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture
+def unreachable() -> str:
+    """An http URI on a port of 127.0.0.1 nothing listens on (connections are refused)."""
+    return f"http://127.0.0.1:{_free_port()}"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

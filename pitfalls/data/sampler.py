@@ -10,7 +10,9 @@
   always hold distinct videos.
 Evaluation needs no sampler: whole videos in order, the state carried (see `train.loop`).
 Both samplers draw from their own `numpy` Generator; `state_dict()` captures everything needed
-to continue the exact same stream after a restart.
+to continue the exact same stream after a restart, in plain form (numbers, strings, lists and
+dicts: the bit generator's state with its arrays as lists), so a checkpoint holding it loads with
+`torch.load(weights_only=True)`; `load_state_dict()` sets it back.
 """
 
 from __future__ import annotations
@@ -18,6 +20,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    """The state of `rng`'s bit generator in plain form: numpy arrays (MT19937's key, Philox's
+    counter) as lists, numpy integers as Python ints; PCG64's, the default, is plain already."""
+    def convert(x):
+        if isinstance(x, dict):
+            return {k: convert(v) for k, v in x.items()}
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+        if isinstance(x, np.generic):
+            return x.item()
+        return x
+    return convert(rng.bit_generator.state)
+
+
+def set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    """Set `rng`'s bit generator to a state from `rng_state` (numpy takes the lists as arrays,
+    and refuses a state of another bit generator)."""
+    rng.bit_generator.state = state
 
 
 def _eligible(lengths: list[int], seq_len: int, videos_per_batch: int) -> np.ndarray:
@@ -46,10 +68,10 @@ class SequenceSampler:
                 for v in videos]
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
+        return {"rng": rng_state(self.rng)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
+        set_rng_state(self.rng, state["rng"])
 
 
 @dataclass
@@ -98,10 +120,10 @@ class CarriedSampler:
         return picks, reset
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "lanes": [list(x) for x in self._lanes],
-                "queue": list(self._queue)}
+        return {"rng": rng_state(self.rng), "lanes": [[int(v), int(s)] for v, s in self._lanes],
+                "queue": [int(v) for v in self._queue]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        self._lanes = [list(x) for x in state["lanes"]]
-        self._queue = list(state["queue"])
+        set_rng_state(self.rng, state["rng"])
+        self._lanes = [[int(v), int(s)] for v, s in state["lanes"]]
+        self._queue = [int(v) for v in state["queue"]]

@@ -11,7 +11,7 @@ from pitfalls.results.analysis import analysis_of_study, comparison_data
 from pitfalls.results.phases import PREDICTIONS_DIR
 from pitfalls.results.render_html import render_html
 from pitfalls.results.render_md import comparison_markdown
-from pitfalls.results.store import RESULTS_FILE, read_results
+from pitfalls.results.store import read_study_results
 
 COMPARISON_FILE = "comparison.md"
 REPORT_FILE = "report.html"
@@ -19,7 +19,7 @@ REPORT_FILE = "report.html"
 
 def write_comparison(study_dir: Path, spec: StudySpec) -> tuple[str, list[Path]]:
     """Rebuild `comparison.md` and `report.html` of a study directory from its own files."""
-    results = read_results(study_dir / RESULTS_FILE)
+    results = read_study_results(study_dir)
     analysis = replace(analysis_of_study(spec), predictions=study_dir / PREDICTIONS_DIR)
     data = comparison_data(results, analysis)
     text = comparison_markdown(results, analysis, data)

@@ -13,8 +13,16 @@ from ray.tune import Callback
 
 from pitfalls.config import StudySpec
 from pitfalls.results.schema import companion_metric
-from pitfalls.results.store import RESULTS_FILE, trial_row, write_results
-from pitfalls.sweep.storage import StudyStorage, bound, bound_spec
+from pitfalls.results.store import (
+    RESULTS_FILE,
+    compact,
+    compacted_rows,
+    read_study_results,
+    row_files,
+    trial_row,
+    write_row,
+)
+from pitfalls.sweep.storage import HISTORY_FILE, StudyStorage, bound, bound_spec
 
 
 def _short(config: dict, keys: list[str]) -> str:
@@ -76,9 +84,6 @@ class ConsoleProgress(Callback):
         self._line(trial, "FAILED", _error_text(trial)[:200])
 
 
-HISTORY_FILE = "history.jsonl"
-
-
 def _plain(result: dict) -> dict:
     """The JSON-able scalars of a Tune result (our metrics; Tune's own keys are harmless)."""
     return {k: v for k, v in result.items()
@@ -86,20 +91,32 @@ def _plain(result: dict) -> dict:
 
 
 class ResultsRecorder(Callback):
-    """Collects each trial's epoch reports and rewrites results.parquet as trials finish.
+    """Collects each trial's epoch reports and records a row per trial as it finishes.
 
     Every report is also appended to `history.jsonl` in the study directory, so a resumed study
     (a new driver process) still has the epochs reported before the interruption; epochs are
-    keyed by number, so an epoch re-run after a restart replaces its earlier report. On object
-    storage both files are copied to the bucket after every change.
+    keyed by number, so an epoch re-run after a restart replaces its earlier report.
+
+    What a trial costs to record does not grow with the study: its row is a file of its own
+    (`results.d/`), folded into results.parquet whenever the unfolded rows are as many as the
+    folded ones (so each row is rewritten about twice in all) and once more when the study's run
+    ends (`compact`); a trial's duration sums only its own sessions. On object storage only
+    what changed is uploaded: the new lines of the history, the new row file, and results.parquet
+    when it is folded.
     """
 
     def __init__(self, spec: StudySpec, storage: StudyStorage):
         self.spec, self.storage = spec, storage
-        self.history: dict[str, dict[int, dict]] = {}
-        self.spans: dict[tuple[str, str], list[float]] = {}  # (trial, session) -> [first, last]
-        self.rows: dict[str, dict] = {}
+        self._reset()
+
+    def _reset(self) -> None:
         self.session = uuid.uuid4().hex[:8]
+        self.history: dict[str, dict[int, dict]] = {}
+        self.spans: dict[str, dict[str, list[float]]] = {}  # trial -> session -> [first, last]
+        self.rows: dict[str, dict] = {}
+        self.pending: set[str] = set()  # row files not folded into results.parquet yet
+        self.compacted = 0  # rows in results.parquet
+        self.uploaded = 0  # bytes of history.jsonl the bucket holds
 
     @property
     def path(self) -> Path:
@@ -112,14 +129,12 @@ class ResultsRecorder(Callback):
     def setup(self, **info):
         """Load what earlier sessions of this study recorded (nothing for a new study). A resumed
         study gets this object back from Tune's pickled state: a new session starts here."""
-        from pitfalls.results.store import read_results
-
         self.storage = bound(getattr(self, "storage", None))  # this driver's, not the pickled one's
         self.spec = bound_spec(self.spec)
-        self.session = uuid.uuid4().hex[:8]
-        self.history, self.spans, self.rows = {}, {}, {}
-        if self.path.exists():
-            self.rows = {r["trial_id"]: r for r in read_results(self.path).to_pylist()}
+        self._reset()
+        study_dir = self.storage.local
+        self.rows = {r["trial_id"]: r for r in read_study_results(study_dir).to_pylist()}
+        self.pending, self.compacted = set(row_files(study_dir)), compacted_rows(study_dir)
         if self.history_path.exists():
             for line in self.history_path.read_text().splitlines():
                 try:
@@ -127,21 +142,49 @@ class ResultsRecorder(Callback):
                 except json.JSONDecodeError:
                     continue  # a line cut short by a kill
                 self._apply(event)
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """A working copy newer than the bucket (its driver was killed before uploading
+        everything; `StudyStorage.pull` kept it): upload what the bucket is missing."""
+        if not self.storage.remote:
+            return
+        self.uploaded = self.storage.pushed_size(HISTORY_FILE)
+        if self.history_path.is_file() and self.history_path.stat().st_size > self.uploaded:
+            self.storage.push(RESULTS_FILE, *sorted(self.pending))
+            self._upload_history()
+
+    def compact(self) -> None:
+        """Fold the pending row files into results.parquet, here and in the bucket; what the
+        driver calls when a study's run ends (after `setup`), so results.parquet is complete.
+
+        In the bucket, results.parquet is replaced before the row files it absorbed go.
+        """
+        absorbed = compact(self.storage.local)
+        if absorbed:
+            self.storage.push(RESULTS_FILE)
+            self.storage.delete(*absorbed)
+        self.pending -= set(absorbed)
+        self.compacted = compacted_rows(self.storage.local)
 
     def _apply(self, event: dict) -> None:
         tid, t = event["trial_id"], event["time"]
-        span = self.spans.setdefault((tid, event["session"]), [t, t])
+        span = self.spans.setdefault(tid, {}).setdefault(event["session"], [t, t])
         span[0], span[1] = min(span[0], t), max(span[1], t)
         for metrics in event.get("epochs", []):
             self.history.setdefault(tid, {})[int(metrics["epoch"])] = metrics
 
-    def _event(self, trial, epochs: list[dict]) -> None:
+    def _upload_history(self) -> None:
+        self.uploaded = self.storage.push_tail(HISTORY_FILE, self.uploaded)
+
+    def _event(self, trial, epochs: list[dict], upload: bool = True) -> None:
         event = {"trial_id": trial.trial_id, "session": self.session, "time": time.time(),
                  "epochs": epochs}
         self._apply(event)
         with self.history_path.open("a") as f:
             f.write(json.dumps(event) + "\n")
-        self.storage.push(HISTORY_FILE)
+        if upload:
+            self._upload_history()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._event(trial, [])
@@ -151,15 +194,24 @@ class ResultsRecorder(Callback):
         self._event(trial, [e for e in epochs if "epoch" in e])
 
     def _record(self, trial, status: str, error: str | None) -> None:
+        """The trial's row file, then (geometrically) a fold into results.parquet.
+
+        The bucket gets the row before the history's last event: a bucket whose history is as
+        long as the working copy's holds every row, so `pull` may replace the working copy.
+        """
         tid = trial.trial_id
-        self._event(trial, [])
+        self._event(trial, [], upload=False)
         history = [m for _, m in sorted(self.history.get(tid, {}).items())]
-        duration = sum(b - a for (t, _), (a, b) in self.spans.items() if t == tid)
+        duration = sum(b - a for a, b in self.spans.get(tid, {}).values())
         params = self.spec.recorded_params(trial.config)  # a linked level: its parameters
         self.rows[tid] = trial_row(self.spec.name, tid, params, history, status=status, error=error,
                                    duration_s=duration, workers=self.spec.resources.workers)
-        write_results(self.path, list(self.rows.values()))
-        self.storage.push(RESULTS_FILE)
+        name = write_row(self.storage.local, self.rows[tid])
+        self.storage.push(name)
+        self._upload_history()
+        self.pending.add(name)
+        if len(self.pending) >= self.compacted:
+            self.compact()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trial, "completed", None)

@@ -4,18 +4,25 @@ The study directory holds everything needed to inspect or rebuild the study:
   study.yaml        the resolved study (search space inlined)
   state.json        the study's identity (study id, MLflow URI, experiment and parent run) and
                     the study as it started: `pitfalls resume` refuses a study edited since
-  history.jsonl     every epoch report as it arrived (so a resumed driver still has them)
+  driver.lock       held by the driver running the study (pitfalls.sweep.lock): one at a time
+  history.jsonl     every epoch report as it arrived (so a resumed driver still has them); on
+                    object storage each appended batch is an object of its own (history.d/)
   tune/             Tune's experiment state;  train/  Ray Train runs of multi-worker trials
-  results.parquet   one row per trial (pitfalls.results.schema), written as trials finish
+  checkpoints/      each trial's checkpoints and its MLflow run id (pitfalls.sweep.checkpoints)
+  results.parquet   one row per trial (pitfalls.results.schema), folded from results.d/ as
+                    trials finish and complete once the study's run ends
+  results.d/        one JSON row file per trial finished since the last fold
   comparison.md     the comparison table;  logs/ray.log  Ray's own output
   mlflow.db, mlartifacts/   the default MLflow store;  optuna.db  Optuna's storage
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
@@ -27,8 +34,9 @@ import yaml
 from pitfalls.config import StudySpec
 from pitfalls.fileio import atomic_write
 from pitfalls.results import RESULTS_FILE
+from pitfalls.sweep.credentials import CredentialsError, move_credentials, redact, study_uris
 from pitfalls.sweep.runtime import quiet_logging
-from pitfalls.sweep.storage import StudyStorage, existing_study_storage, local_storage
+from pitfalls.sweep.storage import StudyStorage, existing_study_storage, has_experiment_state, local_storage
 from pitfalls.sweep.tracking import StudyRun, check_reachable, default_tracking_uri, open_study_run
 
 TUNE_DIR = "tune"
@@ -167,11 +175,13 @@ def _remote_problem(spec: StudySpec, storage: StudyStorage, tracking_uri: str | 
     return None
 
 
-def prepare_study_dir(spec: StudySpec, storage: StudyStorage, tracking_uri: str | None) -> StudyRun:
+def prepare_study_dir(spec: StudySpec, storage: StudyStorage, tracking_uri: str | None,
+                      created: bool | None = None) -> StudyRun:
     """Create the study directory and its MLflow parent run; refuse an existing study.
 
     The MLflow server is checked before anything is written, and a directory this call created
-    is removed again if the parent run cannot be opened: a failed start leaves nothing behind.
+    (or that did not exist before the caller took the study's lock: `created`) is removed again
+    if the parent run cannot be opened: a failed start leaves nothing behind.
     """
     study_dir = storage.local
     if storage.remote and storage.exists(STATE_FILE):
@@ -182,7 +192,7 @@ def prepare_study_dir(spec: StudySpec, storage: StudyStorage, tracking_uri: str 
     problem = check_reachable(uri)
     if problem:
         raise StudySetupError(f"cannot reach the MLflow tracking server at {uri}: {problem}")
-    created = not study_dir.exists()
+    created = not study_dir.exists() if created is None else created
     study_dir.mkdir(parents=True, exist_ok=True)
     quiet_logging(study_dir / "logs" / "ray.log")  # MLflow's database set-up logs go there too
     try:
@@ -214,21 +224,59 @@ def _open_parent_run(spec: StudySpec, study_dir: Path, uri: str) -> StudyRun:
     }, artifact_location=artifacts)
 
 
+@contextlib.contextmanager
+def _driver_lock(storage: StudyStorage, force: bool):
+    """The study's driver lock (`pitfalls.sweep.lock`) for the block, refusals as StudySetupError."""
+    from pitfalls.sweep.lock import StudyLocked, study_lock
+
+    try:
+        lock = study_lock(storage, force)
+        lock.__enter__()
+    except StudyLocked as e:
+        raise StudySetupError(str(e)) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
 def run_study(spec: StudySpec, study_dir: Path | StudyStorage, *, tracking_uri: str | None = None,
               address: str | None = None, optuna_storage: str | None = None,
-              out: TextIO | None = None) -> StudyOutcome:
+              out: TextIO | None = None, force: bool = False) -> StudyOutcome:
     """Start a new study in `study_dir` (a directory or a `StudyStorage`; must not hold one).
-    Progress goes to `out` (default: this process's stdout at the time of the call)."""
+    Progress goes to `out` (default: this process's stdout at the time of the call); `force`
+    takes over the study's driver lock from a driver that is gone (`pitfalls.sweep.lock`)."""
+    try:  # credentials move to the environment: nothing below sees, stores or prints them
+        tracking_uri, optuna_storage = study_uris(tracking_uri, optuna_storage)
+    except CredentialsError as e:
+        raise StudySetupError(str(e)) from None
     out = out or sys.stdout
     storage = study_dir if isinstance(study_dir, StudyStorage) else local_storage(study_dir)
     if problem := _remote_problem(spec, storage, tracking_uri, optuna_storage):
         raise StudySetupError(problem)
     if address is None and (problem := resource_problem(spec, local_capacity())):
         raise StudySetupError(problem)
-    study_run = prepare_study_dir(spec, storage, tracking_uri)
-    where = storage.location + (f" (working copy {storage.local})" if storage.remote else "")
-    print(f"study {spec.name}: {spec.num_trials} trials -> {where}", file=out)
-    return _execute(spec, storage, study_run, address, optuna_storage, out, restore=False)
+    created = _first_missing(storage.local)
+    with _driver_lock(storage, force):
+        try:
+            study_run = prepare_study_dir(spec, storage, tracking_uri, created is not None)
+        except StudySetupError:
+            if created is not None:  # the lock's directory, too: a failed start leaves nothing
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        where = storage.location + (f" (working copy {storage.local})" if storage.remote else "")
+        print(f"study {spec.name}: {spec.num_trials} trials -> {where}", file=out)
+        return _execute(spec, storage, study_run, address, optuna_storage, out, restore=False)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet (None if `path` does)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
 
 
 def _flush_pending(uri: str, study_dir: Path, out: TextIO) -> None:
@@ -273,20 +321,37 @@ def load_study_dir(study_dir: Path) -> tuple[StudySpec, dict]:
 
 def resume_study(study_dir: Path | str | StudyStorage, *, tracking_uri: str | None = None,
                  address: str | None = None, optuna_storage: str | None = None,
-                 out: TextIO | None = None) -> StudyOutcome:
+                 out: TextIO | None = None, force: bool = False) -> StudyOutcome:
     """Continue an interrupted study: finished trials stay as they are, unfinished and failed
     ones continue from their last checkpoint, in the same MLflow runs and Parquet rows.
 
     `study_dir` is the study's directory, or its URI on object storage (then possibly on
     another machine than the one that started it).
     """
-    from pitfalls.sweep.callbacks import HISTORY_FILE
-    from pitfalls.sweep.storage import StorageError, tune_state_problem
+    try:  # credentials move to the environment: nothing below sees, stores or prints them
+        tracking_uri, optuna_storage = study_uris(tracking_uri, optuna_storage)
+    except CredentialsError as e:
+        raise StudySetupError(str(e)) from None
+    from pitfalls.sweep.storage import StorageError
 
     out = out or sys.stdout
     try:
         storage = (study_dir if isinstance(study_dir, StudyStorage)
                    else existing_study_storage(str(study_dir)))
+    except (StorageError, OSError) as e:
+        raise StudySetupError(str(e)) from None
+    if not storage.remote and not (storage.local / STATE_FILE).is_file():
+        load_study_dir(storage.local)  # refuses a directory that holds no study, creating nothing
+    with _driver_lock(storage, force):
+        return _resume(storage, tracking_uri, address, optuna_storage, out)
+
+
+def _resume(storage: StudyStorage, tracking_uri: str | None, address: str | None,
+            optuna_storage: str | None, out: TextIO) -> StudyOutcome:
+    from pitfalls.sweep.callbacks import HISTORY_FILE
+    from pitfalls.sweep.storage import StorageError, tune_state_problem
+
+    try:
         storage.pull()
     except (StorageError, OSError) as e:
         raise StudySetupError(str(e)) from None
@@ -297,12 +362,18 @@ def resume_study(study_dir: Path | str | StudyStorage, *, tracking_uri: str | No
                                      history.exists() and history.stat().st_size > 0):
         raise StudySetupError(  # Tune itself would silently start the whole study over
             f"cannot resume {spec.name}: {problem}; Ray Tune cannot restore this study")
-    uri = tracking_uri or state["tracking_uri"]
+    try:  # a study started before credentials were moved may hold them in its state
+        uri = move_credentials(tracking_uri or state["tracking_uri"])
+    except CredentialsError as e:
+        raise StudySetupError(str(e)) from None
     if problem := check_reachable(uri):
         raise StudySetupError(f"cannot reach the MLflow tracking server at {uri}: {problem}")
     quiet_logging(study_dir / "logs" / "ray.log")
     _flush_pending(uri, study_dir, out)  # metrics an earlier session could not send
-    study_run = open_study_run(uri, spec.name, state["study_id"], {})  # re-found by its tag
+    try:
+        study_run = open_study_run(uri, spec.name, state["study_id"], {})  # re-found by its tag
+    except Exception as e:  # noqa: BLE001 - e.g. the server went away after the check above
+        raise StudySetupError(f"cannot open the study's MLflow run at {uri}: {redact(str(e))[:300]}") from None
     print(f"resuming study {spec.name}: {spec.num_trials} trials in {storage.location}", file=out)
     return _execute(spec, storage, study_run, address, optuna_storage, out, restore=True)
 
@@ -311,11 +382,9 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
              optuna_storage: str | None, out: TextIO, restore: bool) -> StudyOutcome:
     from ray import tune
 
-    from pitfalls.results.write import write_comparison
     from pitfalls.sweep.callbacks import ConsoleProgress, ResultsRecorder
     from pitfalls.sweep.runtime import cluster_capacity, init_ray
     from pitfalls.sweep.space import param_space, search_algorithm
-    from pitfalls.sweep.tracking import close_study_run
     from pitfalls.sweep.trial import TrialContext, run_trial
 
     print(f"mlflow: {study_run.tracking_uri} (experiment {spec.name!r}, parent run "
@@ -325,8 +394,10 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
     study_dir = storage.local
     bind(storage, spec)
     recorder = ResultsRecorder(spec, storage)
+    stack = contextlib.ExitStack()
     try:  # whatever happens from here on, the parent run is closed with an honest status
         init_ray(address, study_dir / "logs" / "ray.log")
+        stack.enter_context(_sigterm_as_interrupt())  # after ray.init, which installs its own
         capacity = cluster_capacity()
         if problem := resource_problem(spec, capacity):
             raise StudySetupError(problem)
@@ -341,12 +412,18 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
             done = {t for t, r in recorder.rows.items() if r["status"] == "completed"}
         if restore and len(done) == spec.num_trials:
             print("every trial had already finished; nothing left to run", file=out)
-        elif restore and tune.Tuner.can_restore(tune_dir, storage_filesystem=storage.fs):
+        elif restore and has_experiment_state(storage.fs, tune_dir):
             from pitfalls.sweep.storage import release_finished_trials
+            # (killed before Tune's first snapshot: nothing to restore, so the `else` starts the
+            # study afresh; Tune's own restore would restart it with its searcher's sample
+            # count lost, ending with every trial but the first never run)
 
             release_finished_trials(storage.fs, tune_dir, done)
             if spec.searcher.type == "optuna":
                 from pitfalls.sweep.space import optuna_storage_url
+                from pitfalls.sweep.storage import count_unseen_finished_trials
+
+                count_unseen_finished_trials(storage.fs, tune_dir, done)
 
                 optuna_storage_url(study_dir, optuna_storage)  # its password, if any, to PGPASSWORD
             # Tune's state (trials, searcher, callbacks) is unpickled from the study directory.
@@ -362,7 +439,7 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
                 tune_config=tune.TuneConfig(
                     # the test split chooses nothing: a test_ metric is optimized as its val_ one
                     metric=spec.metric.selection, mode=spec.metric.mode,
-                    search_alg=search_algorithm(spec, study_dir, optuna_storage),
+                    search_alg=search_algorithm(spec, study_dir, optuna_storage, study_run.study_id),
                     num_samples=spec.searcher.num_samples if spec.searcher.type == "optuna" else 1,
                     max_concurrent_trials=_max_concurrent(spec, capacity),
                     reuse_actors=spec.resources.workers == 1,
@@ -377,18 +454,80 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
             )
             tuner.fit()
     finally:
-        _flush_pending(study_run.tracking_uri, study_dir, out)
-        recorder.setup()  # what every session recorded (a restored Tuner has its own copy)
-        statuses = [r["status"] for r in recorder.rows.values()]
-        completed, failed = statuses.count("completed"), statuses.count("failed")
-        unfinished = max(spec.num_trials - completed - failed, 0)
-        status = "FINISHED" if not unfinished else "KILLED"
-        artifacts, table = [], ""
-        if (study_dir / RESULTS_FILE).exists():
-            table, report_paths = write_comparison(study_dir, spec)
-            artifacts = [*report_paths, study_dir / RESULTS_FILE, study_dir / "study.yaml"]
-            storage.push(*(p.name for p in report_paths))
-        close_study_run(study_run, status, artifacts,
-                        tags={"pitfalls.completed": completed, "pitfalls.failed": failed,
-                              "pitfalls.unfinished": unfinished})
+        stack.close()
+        try:
+            outcome = _finish(spec, storage, study_run, recorder, optuna_storage, out)
+        finally:
+            bind(None)  # this driver's study is over: nothing looks it up any more
+    return outcome
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (what a scheduler, `kill` or `kubectl delete` sends) ends the study like Ctrl-C:
+    Tune stops its trials (KILLED), the parent run is closed with its counts, and the study can
+    be resumed. Only the main thread can install handlers; elsewhere SIGTERM stays as it is."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _finish(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, recorder,
+            optuna_storage: str | None, out: TextIO) -> StudyOutcome:
+    """After the study ends however it ends: send what MLflow missed, write the reports, settle
+    Optuna's storage, and close the parent run with honest counts (buffered when MLflow is
+    down: `pitfalls resume` sends it)."""
+    from pitfalls.results.write import write_comparison
+    from pitfalls.sweep.tracking import close_study_run, end_stopped_trial_runs
+    from pitfalls.sweep.trial import pending_dir
+
+    study_dir = storage.local
+    _flush_pending(study_run.tracking_uri, study_dir, out)
+    recorder.setup()  # what every session recorded (a restored Tuner has its own copy)
+    recorder.compact()  # results.parquet complete: every trial's row folded in
+    statuses = [r["status"] for r in recorder.rows.values()]
+    completed, failed = statuses.count("completed"), statuses.count("failed")
+    unfinished = max(spec.num_trials - completed - failed, 0)
+    if not unfinished and spec.searcher.type == "optuna":
+        _settle_optuna(spec, study_dir, study_run, recorder.rows, optuna_storage, out)
+    artifacts, table = [], ""
+    if (study_dir / RESULTS_FILE).exists():
+        table, report_paths = write_comparison(study_dir, spec)
+        artifacts = [*report_paths, study_dir / RESULTS_FILE, study_dir / "study.yaml"]
+        storage.push(*(p.name for p in report_paths))
+    end_stopped_trial_runs(study_run)  # every trial of this session has stopped by now
+    pending = close_study_run(study_run, "FINISHED" if not unfinished else "KILLED", artifacts,
+                              tags={"pitfalls.completed": completed, "pitfalls.failed": failed,
+                                    "pitfalls.unfinished": unfinished},
+                              pending_dir=pending_dir(study_dir))
+    if pending:
+        print(f"mlflow: {study_run.tracking_uri} is unreachable; the study's run stays open there "
+              f"and {pending} record(s) wait in {pending_dir(study_dir)}: `pitfalls resume "
+              f"{storage.location}` sends them", file=out, flush=True)
     return StudyOutcome(study_dir, completed, failed, unfinished, table, storage.location)
+
+
+def _settle_optuna(spec: StudySpec, study_dir: Path, study_run: StudyRun, rows: dict[str, dict],
+                   optuna_storage: str | None, out: TextIO) -> None:
+    """Close the Optuna trials an interrupted session left RUNNING (pitfalls.sweep.optuna_search)."""
+    from pitfalls.sweep.optuna_search import settle
+    from pitfalls.sweep.space import optuna_storage_url
+
+    try:  # a study started before Optuna studies were named by the study's id has its name
+        closed = settle(optuna_storage_url(study_dir, optuna_storage),
+                        [study_run.study_id, spec.name], rows, spec.metric.selection)
+    except Exception as e:  # noqa: BLE001 - the study's end must not fail on it; resume retries
+        print(f"optuna: could not check its storage for trials left running: {redact(str(e))[:300]}",
+              file=out, flush=True)
+        return
+    if any(closed.values()):
+        print(f"optuna: closed {closed['COMPLETE']} trial(s) its storage still held as running "
+              f"with their recorded values, and {closed['FAIL']} never run (marked failed)",
+              file=out, flush=True)

@@ -57,30 +57,31 @@ def optuna_storage_url(study_dir: Path, storage: str | None = None) -> str:
     """The Optuna storage: the given URL (e.g. PostgreSQL, shared with MLflow's database
     server), else $PITFALLS_OPTUNA_STORAGE, else a sqlite file in the study directory.
 
-    A PostgreSQL password in the URL is moved to this process's PGPASSWORD (libpq reads it):
-    Tune pickles the searcher, storage URL included, into the study directory, and a password
-    must not end up there. A resumed study needs the URL (or PGPASSWORD) again.
+    A PostgreSQL password in the URL is moved to this process's PGPASSWORD (libpq reads it;
+    `pitfalls.sweep.credentials`): Tune pickles the searcher, storage URL included, into the
+    study directory, and a password must not end up there. A resumed study needs the URL (or
+    PGPASSWORD) again.
     """
     import os
 
-    url = (storage or os.environ.get("PITFALLS_OPTUNA_STORAGE")
+    from pitfalls.sweep.credentials import OPTUNA_STORAGE_ENV, move_credentials
+
+    url = (storage or os.environ.get(OPTUNA_STORAGE_ENV)
            or f"sqlite:///{(study_dir / 'optuna.db').resolve()}")
-    if url.startswith("postgresql"):
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        if parsed.password:
-            os.environ["PGPASSWORD"] = parsed.password
-            url = parsed._replace(password=None).render_as_string(hide_password=False)
-    return url
+    return move_credentials(url)
 
 
-def search_algorithm(spec: StudySpec, study_dir: Path, storage: str | None = None):
-    """None for grid (Tune's variant generator), else an OptunaSearch on `optuna_storage_url`."""
+def search_algorithm(spec: StudySpec, study_dir: Path, storage: str | None = None,
+                     study_id: str | None = None):
+    """None for grid (Tune's variant generator), else a `StudyOptunaSearch` on
+    `optuna_storage_url`, whose Optuna study is named by the study's id (`state.json`), not its
+    name: a study deleted or moved and run again never continues an old Optuna study that a
+    shared database still holds under that name."""
     if spec.searcher.type == "grid":
         return None
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from pitfalls.sweep.optuna_search import StudyOptunaSearch
 
     seed = spec.searcher.seed
     sampler = {
@@ -89,5 +90,5 @@ def search_algorithm(spec: StudySpec, study_dir: Path, storage: str | None = Non
         "brute_force": lambda: optuna.samplers.BruteForceSampler(seed=seed),
     }[spec.searcher.sampler]()
     storage = optuna.storages.RDBStorage(optuna_storage_url(study_dir, storage))
-    return OptunaSearch(sampler=sampler, storage=storage, study_name=spec.name,
-                        metric=spec.metric.selection, mode=spec.metric.mode)
+    return StudyOptunaSearch(sampler=sampler, storage=storage, study_name=study_id or spec.name,
+                             metric=spec.metric.selection, mode=spec.metric.mode)

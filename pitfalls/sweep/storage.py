@@ -4,9 +4,11 @@ Two kinds of storage: a local or shared (NFS) directory, or S3-compatible object
 (`s3://bucket/prefix?endpoint_override=host:9000&scheme=http`, through pyarrow's S3 file
 system). With object storage, Tune's experiment state and every trial checkpoint go to the
 bucket, so any node (or a new driver on another machine) can restore the study; the study's own
-files (study.yaml, state.json, history.jsonl, results.parquet, reports) are written in a local
-working copy (`$PITFALLS_CACHE`, default `~/.cache/pitfalls/studies/...`) and copied to the
-bucket after every change.
+files (study.yaml, state.json, history.jsonl, results.parquet and its row files, reports) are
+written in a local working copy (`$PITFALLS_CACHE`, default `~/.cache/pitfalls/studies/...`) and
+copied to the bucket after every change. Only what changed travels: the lines appended to
+history.jsonl go up as an object of their own (`history.d/<offset>.jsonl`), a finished trial as its
+row file (`results.d/`), so the bytes uploaded per epoch or trial do not grow with the study.
 
 Local storage: Tune overwrites its experiment state (`experiment_state-*.json`, the searcher's
 state) in place on every snapshot. A driver killed in the middle of that copy leaves a truncated
@@ -18,8 +20,10 @@ temporary name, fsynced, renamed); object storage writes are atomic already.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pitfalls.fileio import AtomicFile, atomic_write
+from pitfalls.results.store import RESULTS_FILE, ROWS_DIR
 
 
 class AtomicLocalHandler(pafs.FileSystemHandler):
@@ -98,10 +103,33 @@ def atomic_local_fs() -> pafs.FileSystem:
     return pafs.PyFileSystem(AtomicLocalHandler())
 
 
-# The study's own files, in the order a resumed study needs them.
-STUDY_FILES = ("study.yaml", "state.json", "history.jsonl", "results.parquet",
-               "comparison.md", "report.html")
+def is_disk(fs: pafs.FileSystem) -> bool:
+    """Whether `fs` is a local or shared (NFS) disk: its paths are paths of this machine."""
+    return isinstance(fs, pafs.LocalFileSystem) or (
+        isinstance(fs, pafs.PyFileSystem) and isinstance(fs.handler, AtomicLocalHandler))
+
+
 REMOTE_SCHEMES = ("s3",)
+HISTORY_FILE = "history.jsonl"  # append-only: in a bucket as pieces, see `push_tail`
+# The study's own files copied whole, in the order a resumed study needs them (history.jsonl
+# and the row files are pulled on their own, the rows before results.parquet).
+STUDY_FILES = ("study.yaml", "state.json", RESULTS_FILE, "comparison.md", "report.html")
+PULL_THREADS = 16  # concurrent downloads of small objects (history pieces, row files)
+
+
+def pieces_dir(name: str) -> str:
+    """Where the pieces of an append-only study file lie in a bucket: `history.d/` for
+    `history.jsonl`."""
+    return f"{Path(name).stem}.d"
+
+
+def _piece_name(name: str, offset: int) -> str:
+    return f"{pieces_dir(name)}/{offset:012d}{Path(name).suffix}"
+
+
+def _piece_offset(info: pafs.FileInfo) -> int | None:
+    stem = info.base_name.split(".")[0]
+    return int(stem) if stem.isdigit() and not info.base_name.startswith(".") else None
 
 
 class StorageError(ValueError):
@@ -139,35 +167,138 @@ class StudyStorage:
         return self.fs.get_file_info(f"{self.root}/{name}").type == pafs.FileType.File
 
     def push(self, *names: str) -> None:
-        """Copy study files from the working directory to object storage (no-op when local)."""
+        """Copy study files (names relative to the study directory) from the working directory
+        to object storage (no-op when local); absent files are skipped."""
         if not self.remote:
             return
         for name in names:
             path = self.local / name
             if path.is_file():
-                with self.fs.open_output_stream(f"{self.root}/{name}") as f:
-                    f.write(path.read_bytes())
+                self._put(name, path.read_bytes())
+
+    def push_tail(self, name: str, start: int) -> int:
+        """Upload what the append-only file `name` gained since byte `start` as one object of its
+        own (`<stem>.d/<start>`); return the new end (`start` unchanged when local).
+
+        An upload that fails leaves `start` where it was, so the next call sends those bytes too.
+        """
+        path = self.local / name
+        if not self.remote or not path.is_file():
+            return start
+        with path.open("rb") as f:
+            f.seek(start)
+            data = f.read()
+        if data:
+            self._put(_piece_name(name, start), data)
+        return start + len(data)
+
+    def pushed_size(self, name: str) -> int:
+        """How many bytes of the append-only file `name` the bucket holds (0 when local): where
+        the next `push_tail` starts. Reads the listing only."""
+        if not self.remote:
+            return 0
+        base = self.fs.get_file_info(f"{self.root}/{name}")
+        end = base.size if base.type == pafs.FileType.File else 0
+        return _contiguous(end, self._pieces(name))[1]
+
+    def delete(self, *names: str) -> None:
+        """Remove study files from object storage (no-op when local): row files a compaction
+        absorbed. A file already gone is fine."""
+        if not self.remote:
+            return
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(f"{self.root}/{name}")
 
     def pull(self) -> None:
         """Bring the study files from object storage into the working directory.
 
-        The bucket is authoritative, except when this machine's history is longer than the
-        bucket's: then this machine's driver was killed before its last upload, and the working
-        copy is the newer one.
+        The bucket is authoritative, except when this machine's history extends the bucket's
+        (begins with it and is longer): then this machine's driver was killed before its last
+        upload, and the working copy is the newer one (its driver uploads the rest).
         """
         if not self.remote:
             return
         self.local.mkdir(parents=True, exist_ok=True)
         remote = {f.base_name: f for f in self.fs.get_file_info(pafs.FileSelector(self.root))
                   if f.type == pafs.FileType.File}
-        history = self.local / "history.jsonl"
-        if (history.is_file() and "history.jsonl" in remote
-                and history.stat().st_size > remote["history.jsonl"].size):
+        history = self._pull_log(HISTORY_FILE, remote.get(HISTORY_FILE))
+        mine = self.local / HISTORY_FILE
+        if (mine.is_file() and history is not None and mine.stat().st_size > len(history)
+                and mine.read_bytes().startswith(history)):
             return
+        if history is not None:
+            atomic_write(mine, history)
+        self._mirror(ROWS_DIR)  # before results.parquet: a row file is never the older copy
         for name in STUDY_FILES:
             if name in remote:
-                with self.fs.open_input_stream(f"{self.root}/{name}") as f:
-                    atomic_write(self.local / name, f.read())
+                atomic_write(self.local / name, self._get(name))
+
+    def _put(self, name: str, data: bytes) -> None:
+        path = f"{self.root}/{name}"
+        try:
+            f = self.fs.open_output_stream(path)
+        except FileNotFoundError:  # a file system with real directories (S3 has none)
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            f = self.fs.open_output_stream(path)
+        with f:
+            f.write(data)
+
+    def _get(self, name: str) -> bytes:
+        with self.fs.open_input_stream(f"{self.root}/{name}") as f:
+            return f.read()
+
+    def _list(self, directory: str) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(f"{self.root}/{directory}", allow_not_found=True)
+        return [f for f in self.fs.get_file_info(selector) if f.type == pafs.FileType.File]
+
+    def _pieces(self, name: str) -> list[tuple[int, pafs.FileInfo]]:
+        found = ((_piece_offset(f), f) for f in self._list(pieces_dir(name)))
+        return sorted(((o, f) for o, f in found if o is not None), key=lambda p: p[0])
+
+    def _get_all(self, names: list[str]) -> list[bytes]:
+        with ThreadPoolExecutor(PULL_THREADS) as pool:
+            return list(pool.map(self._get, names))
+
+    def _pull_log(self, name: str, base: pafs.FileInfo | None) -> bytes | None:
+        """The append-only file `name` as the bucket holds it (a whole copy, if any, then the
+        pieces that continue it), or None when the bucket has none of it."""
+        pieces = self._pieces(name)
+        if base is None and not pieces:
+            return None
+        parts = [self._get(name)] if base is not None else []
+        end = len(parts[0]) if parts else 0
+        used, _ = _contiguous(end, pieces)
+        rel = f"{pieces_dir(name)}/"
+        for (offset, _), chunk in zip(used, self._get_all([rel + f.base_name for _, f in used])):
+            parts.append(chunk[end - offset:])
+            end = offset + len(chunk)
+        return b"".join(parts)
+
+    def _mirror(self, directory: str) -> None:
+        """Make the working copy's `directory` hold exactly the bucket's files of it."""
+        names = [f"{directory}/{f.base_name}" for f in self._list(directory)]
+        for name, data in zip(names, self._get_all(names)):
+            (self.local / name).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.local / name, data)
+        here = self.local / directory
+        for path in here.iterdir() if here.is_dir() else ():
+            if path.is_file() and f"{directory}/{path.name}" not in names:
+                path.unlink()
+
+
+def _contiguous(end: int, pieces: list[tuple[int, pafs.FileInfo]]
+                ) -> tuple[list[tuple[int, pafs.FileInfo]], int]:
+    """The pieces that continue a file of `end` bytes without a gap, and the file's new end.
+    A piece the file already covers (left by a kill mid-upload of an earlier copy) is skipped."""
+    used = []
+    for offset, info in pieces:
+        if offset > end:
+            break
+        if offset + info.size > end:
+            used.append((offset, info))
+            end = offset + info.size
+    return used, end
 
 
 def _cache_root() -> Path:
@@ -299,6 +430,52 @@ def tune_state_problem(fs: pafs.FileSystem, tune_dir: str, trials_recorded: bool
         except Exception as e:  # noqa: BLE001 - any failure means Tune would start over
             return f"{tune_dir}/{searcher[-1]} is unreadable ({type(e).__name__}: {e})"
     return None
+
+
+def has_experiment_state(fs: pafs.FileSystem, tune_dir: str) -> bool:
+    """Whether Tune snapshotted the experiment at least once (`experiment_state-*.json`)."""
+    infos = fs.get_file_info(pafs.FileSelector(tune_dir, allow_not_found=True))
+    return any(i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")
+               for i in infos if i.type == pafs.FileType.File)
+
+
+def tune_trial_ids(fs: pafs.FileSystem, tune_dir: str) -> set[str]:
+    """The trial ids Tune's newest experiment state holds (read as JSON, nothing unpickled)."""
+    states = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(tune_dir, allow_not_found=True))
+                    if i.type == pafs.FileType.File and i.base_name.startswith("experiment_state-")
+                    and i.base_name.endswith(".json"))
+    if not states:
+        return set()
+    with fs.open_input_stream(states[-1]) as f:
+        data = json.loads(f.read())
+    return {json.loads(entry[0])["trial_id"] for entry in data.get("trial_data", [])}
+
+
+def count_unseen_finished_trials(fs: pafs.FileSystem, tune_dir: str, finished: set[str]) -> int:
+    """Count, in the searcher's sample counter, trials that finished but that Tune's experiment
+    state never saw; return how many.
+
+    Tune snapshots its experiment state every 10 s or more. A trial created and finished
+    between two snapshots (then the driver killed) is in the study's own records (its row, and
+    an Optuna trial told COMPLETE) but not in Tune's state, and a restored Tune would sample a
+    new trial in its place: one trial too many, trained on top of the study's budget. Bumping
+    the search generator's counter (`search_gen_state-*.json`, a pickle despite its name) by
+    those trials makes Tune sample exactly the trials still missing."""
+    import ray.cloudpickle as cloudpickle
+
+    unseen = finished - tune_trial_ids(fs, tune_dir)
+    if not unseen:
+        return 0
+    files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(tune_dir, allow_not_found=True))
+                   if f.type == pafs.FileType.File and f.base_name.startswith("search_gen_state-"))
+    if not files:
+        return 0
+    with fs.open_input_stream(files[-1]) as f:
+        state = cloudpickle.loads(f.read())
+    state["counter"] = min(state["counter"] + len(unseen), state["total_samples"])
+    with fs.open_output_stream(files[-1]) as f:  # the atomic file system: whole or not at all
+        f.write(cloudpickle.dumps(state))
+    return len(unseen)
 
 
 def release_finished_trials(fs: pafs.FileSystem, tune_dir: str, finished: set[str]) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 import traceback
@@ -20,11 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from pitfalls.fileio import atomic_write
+from pitfalls.sweep.credentials import redact
 
 STUDY_TAG = "pitfalls.study_id"
 TRIAL_TAG = "pitfalls.trial_id"
@@ -82,31 +83,175 @@ def open_study_run(tracking_uri: str, experiment: str, study_id: str, params: di
     return StudyRun(tracking_uri, exp_id, run_id, study_id)
 
 
-def close_study_run(study: StudyRun, status: str, artifacts: list[Path] = (), tags: dict | None = None) -> None:
-    client = MlflowClient(study.tracking_uri)
-    for path in artifacts:
-        client.log_artifact(study.parent_run_id, str(path))
-    for k, v in (tags or {}).items():
-        client.set_tag(study.parent_run_id, k, str(v))
-    client.set_terminated(study.parent_run_id, status)
+def close_study_run(study: StudyRun, status: str, artifacts: list[Path] = (), tags: dict | None = None,
+                    pending_dir: Path | str | None = None, timeout_s: int = 5) -> int:
+    """Log the study's artifacts and tags and end its parent run; return how many records could
+    not be sent (0 when all went). It runs when the study ends however it ends, so it never
+    raises for an unreachable server: what it cannot send waits in `pending_dir` (default:
+    `default_pending_dir()`) for `flush_pending` (`pitfalls resume` runs it)."""
+    log = PendingLog(Path(pending_dir) if pending_dir is not None else default_pending_dir(),
+                     study.parent_run_id)
+    if artifacts:
+        log.append({"id": uuid.uuid4().hex, "type": "artifacts", "paths": [str(p) for p in artifacts]})
+    log.append({"id": uuid.uuid4().hex, "type": "end", "status": status,
+                "end_time": int(time.time() * 1000), "tags": tags or {}})
+    with _quick_http(study.tracking_uri, timeout_s):
+        _, left, error, _ = _flush_log(MlflowClient(study.tracking_uri), log)
+    if error is not None:
+        _log.warning("mlflow: the study's run %s not closed (%s); %d record(s) stay in %s",
+                     study.parent_run_id, _describe(error), left, log.path)
+    return left
 
 
-def open_trial_run(study: StudyRun, trial_id: str, run_name: str, params: dict) -> str:
-    """Find the trial's child run by its tags, or create it with the flat params; return its id."""
+def end_stopped_trial_runs(study: StudyRun, timeout_s: int = 5) -> int:
+    """Mark KILLED the study's trial runs still RUNNING once its driver's session is over (a
+    trial Tune stopped before its own logger could say so, e.g. on SIGTERM); return how many.
+    Best effort: an unreachable server leaves them for the next session's end."""
     client = MlflowClient(study.tracking_uri)
+    try:
+        with _quick_http(study.tracking_uri, timeout_s):
+            runs = client.search_runs(
+                [study.experiment_id], f"tags.`{STUDY_TAG}` = '{study.study_id}' and "
+                f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'")
+            for run in runs:
+                client.set_terminated(run.info.run_id, "KILLED")
+    except Exception as e:  # noqa: BLE001 - the study's end must not fail on it
+        _log.warning("mlflow: could not mark stopped trial runs KILLED: %s", _describe(e))
+        return 0
+    return len(runs)
+
+
+@dataclass(frozen=True)
+class TrialRunRef:
+    """What finds or creates a trial's child run (by its tags): kept in the trial's pending file
+    when the server cannot be reached at trial start, so the run is created when it can."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    study_id: str
+    trial_id: str
+    run_name: str
+    params: dict
+
+    @property
+    def key(self) -> str:
+        """The name of the pending file of a trial whose run id is not known yet."""
+        return f"{TRIAL_KEY_PREFIX}{self.study_id}-{self.trial_id}"
+
+
+TRIAL_KEY_PREFIX = "trial-"
+
+
+def _search_trial_run(client: MlflowClient, ref: TrialRunRef):
     found = client.search_runs(
-        [study.experiment_id],
-        f"tags.`{STUDY_TAG}` = '{study.study_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        [ref.experiment_id],
+        f"tags.`{STUDY_TAG}` = '{ref.study_id}' and tags.`{TRIAL_TAG}` = '{ref.trial_id}'",
         max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    run = client.create_run(study.experiment_id, run_name=run_name, tags={
-        "mlflow.parentRunId": study.parent_run_id, STUDY_TAG: study.study_id,
-        TRIAL_TAG: trial_id, ROLE_TAG: "trial"})
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return found[0] if found else None
+
+
+def _create_trial_run(client: MlflowClient, ref: TrialRunRef) -> str:
+    run = client.create_run(ref.experiment_id, run_name=ref.run_name, tags={
+        "mlflow.parentRunId": ref.parent_run_id, STUDY_TAG: ref.study_id,
+        TRIAL_TAG: ref.trial_id, ROLE_TAG: "trial"})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in ref.params.items()])
     return run.info.run_id
+
+
+def _find_or_create(client: MlflowClient, ref: TrialRunRef) -> tuple[str, str]:
+    """(run id, status) of the trial's run, created when no run carries its tags."""
+    found = _search_trial_run(client, ref)
+    if found is not None:
+        return found.info.run_id, found.info.status
+    return _create_trial_run(client, ref), "RUNNING"
+
+
+@dataclass(frozen=True)
+class RunCache:
+    """A trial's run id, kept next to its checkpoints (`fs`, `path`): a restarted trial finds
+    its run with one request by id, instead of a tag search whose cost grows with the
+    experiment. An `opening` mark written before the run is created tells a trial restarted in
+    between to search (the run may exist), and a trial with no file at all that it is new."""
+
+    fs: pyarrow.fs.FileSystem
+    path: str
+
+    def read(self) -> dict | None:
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                return json.loads(f.read())
+        except (FileNotFoundError, ValueError):
+            return None
+        except OSError:
+            if self.fs.get_file_info(self.path).type == pyarrow.fs.FileType.NotFound:
+                return None
+            raise
+
+    def fresh(self) -> bool:
+        """Nothing of the trial is stored yet (no mark, no checkpoint): its run cannot exist."""
+        directory = self.path.rsplit("/", 1)[0]
+        return not self.fs.get_file_info(pyarrow.fs.FileSelector(directory, allow_not_found=True))
+
+    def write(self, data: dict) -> None:
+        self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(json.dumps(data).encode())
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    run_id: str | None  # None: the server could not be reached; `ref` creates the run later
+    ref: TrialRunRef
+    finished: bool = False  # the run was FINISHED already: nothing reopens or re-ends it
+
+
+def open_trial_run(study: StudyRun, trial_id: str, run_name: str, params: dict,
+                   cache: RunCache | None = None, timeout_s: int = 5) -> OpenedRun:
+    """Find the trial's child run (by the cache, else by its tags) or create it with the flat
+    params. A FINISHED run stays as it is (a trial Tune restarts only to report its end again);
+    any other is marked RUNNING. An unreachable server is not an error: the run's id is then
+    unknown (or only cached) and `TrialLogger` creates or finds it once the server answers."""
+    ref = TrialRunRef(study.tracking_uri, study.experiment_id, study.parent_run_id, study.study_id,
+                      trial_id, run_name, dict(params))
+    client = MlflowClient(study.tracking_uri)
+    cached = cache.read() if cache is not None else None
+    if cached is not None and cached.get("tracking_uri") != study.tracking_uri:
+        cached = {"opening": True}  # another server than the one cached: search it
+    run_id = cached.get("run_id") if cached else None
+    try:
+        with _quick_http(study.tracking_uri, timeout_s):
+            status = _status(client, run_id) if run_id else None
+            if status is None:  # not cached, or the cached run is gone
+                if cache is not None and cached is None and cache.fresh():  # a new trial
+                    cache.write({"opening": True, "tracking_uri": study.tracking_uri})
+                    run_id, status = _create_trial_run(client, ref), "RUNNING"
+                else:
+                    run_id, status = _find_or_create(client, ref)
+                if cache is not None:
+                    cache.write({"run_id": run_id, "tracking_uri": study.tracking_uri})
+            if status != "FINISHED":
+                client.update_run(run_id, status="RUNNING")
+    except Exception as e:
+        if not _is_transient(e):
+            raise
+        _log.warning("mlflow: cannot open the run of trial %s now (%s); its records wait in its "
+                     "pending file and the run is opened when the server answers", trial_id,
+                     _describe(e))
+        return OpenedRun(run_id, ref)
+    return OpenedRun(run_id, ref, finished=status == "FINISHED")
+
+
+def _status(client: MlflowClient, run_id: str) -> str | None:
+    """The run's status, or None when it no longer exists (deleted)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.status
+    except MlflowException as e:
+        if e.get_http_status_code() == 404 or "RESOURCE_DOES_NOT_EXIST" in str(e.error_code):
+            return None
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,8 +312,8 @@ def _is_transient(error: Exception) -> bool:
 
 def _describe(error: Exception) -> str:
     """One line, with any `user:password@` of a URL masked."""
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0][:240]
-    return re.sub(r"//[^/@\s]+@", "//***@", text)
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return redact(text)[:240]  # masked before it is cut: a cut could hide the password's end
 
 
 def _dir_lock(directory: Path) -> FileLock:
@@ -232,55 +377,100 @@ class PendingLog:
         return len(self.records())
 
 
-def _send(client: MlflowClient, run_id: str, record: dict) -> None:
-    if record["type"] == "metrics":
+def _send(client: MlflowClient, run_id: str, record: dict, seen: dict[str, set[int]]) -> None:
+    """Send one record. Two kinds are conditional, so that sending them again changes nothing:
+    metrics marked `if_missing` (logged while it was unknown which epochs the run has) are
+    skipped for a step the run has already (`seen` caches each key's steps for one flush), and
+    an `end` never touches a run that is FINISHED already (its end time stays true)."""
+    kind = record["type"]
+    if kind == "metrics":
+        if key := record.get("if_missing"):
+            if key not in seen:
+                seen[key] = {m.step for m in client.get_metric_history(run_id, key)}
+            if int(record["step"]) in seen[key]:
+                return
+            seen[key].add(int(record["step"]))
         client.log_batch(run_id, metrics=[Metric(k, float(v), record["timestamp"], record["step"])
                                           for k, v in record["metrics"].items()])
-    elif record["type"] == "params":
+    elif kind == "params":
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in record["params"].items()])
-    elif record["type"] == "end":
+    elif kind == "artifacts" and "dir" in record:
+        if Path(record["dir"]).is_dir():
+            client.log_artifacts(run_id, record["dir"], record["artifact_path"])
+    elif kind == "artifacts":
+        for path in record["paths"]:
+            if Path(path).is_file():  # a report rewritten or removed since is sent by its own record
+                client.log_artifact(run_id, path)
+    elif kind == "end":
+        if client.get_run(run_id).info.status == "FINISHED":
+            return
         if record.get("tags"):
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in record["tags"].items()])
         client.set_terminated(run_id, record["status"], end_time=record["end_time"])
     else:
-        raise ValueError(f"unknown pending record type {record['type']!r} in run {run_id}")
+        raise ValueError(f"unknown pending record type {kind!r} in run {run_id}")
 
 
-def _flush_log(client: MlflowClient, log: PendingLog) -> tuple[int, int, Exception | None]:
-    """Send a run's pending records in order until one fails: (sent, left, the failure)."""
+def _flush_log(client: MlflowClient, log: PendingLog, run_id: str | None = None
+               ) -> tuple[int, int, Exception | None, str | None]:
+    """Send a run's pending records in order until one fails: (sent, left, the failure, the
+    run id). A file named by a trial (its run not created yet) starts with an `open` record,
+    which finds or creates the run; it is dropped with the last record it precedes."""
     records = log.records()
+    if run_id is None and not log.run_id.startswith(TRIAL_KEY_PREFIX):
+        run_id = log.run_id
     sent: set[str] = set()
-    error = None
+    opener, error, seen = None, None, {}
     for record in records:
         try:
-            _send(client, log.run_id, record)
+            if record["type"] == "open":
+                opener = record["id"]
+                if run_id is None:
+                    run_id, _ = _find_or_create(client, TrialRunRef(**record["ref"]))
+                continue
+            if run_id is None:
+                raise ValueError(f"{log.path} has no open record: its run cannot be found")
+            _send(client, run_id, record, seen)
         except Exception as e:  # noqa: BLE001 - every failure keeps the record; callers judge it
             error = e
             break
         sent.add(record["id"])
+    if opener is not None and error is None:  # everything after it went
+        sent.add(opener)
     if sent:
         log.drop(sent)
-    return len(sent), len(records) - len(sent), error
+    return len(sent), len(records) - len(sent), error, run_id
 
 
 def flush_pending(tracking_uri: str, pending_dir: Path | str | None = None, *,
-                  timeout_s: int = 5) -> tuple[int, int]:
+                  timeout_s: int = 5, deadline_s: float = 60.0) -> tuple[int, int]:
     """Send every run's pending records in `pending_dir` (default: `default_pending_dir()`) to
     `tracking_uri`, oldest first; return (records sent, records left). Never raises for a
-    record it cannot send: that record and the ones after it stay, and a warning names them."""
+    record it cannot send: that record and the ones after it stay, and a warning names them.
+    The first failure that says the server is unreachable ends the flush (each further file
+    would wait for the same timeout), and so does `deadline_s`: the flush takes at most about
+    that long however many files wait."""
     directory = Path(pending_dir) if pending_dir is not None else default_pending_dir()
     files = sorted(directory.glob(f"*{PENDING_SUFFIX}")) if directory.is_dir() else []
     if not files:
         return 0, 0
     client = MlflowClient(tracking_uri)
     sent = left = 0
+    deadline = time.monotonic() + deadline_s
+    stopped = None
     with _quick_http(tracking_uri, timeout_s):
         for path in files:
-            s, n, error = _flush_log(client, PendingLog(directory, path.name[:-len(PENDING_SUFFIX)]))
+            log = PendingLog(directory, path.name[:-len(PENDING_SUFFIX)])
+            if stopped is not None or time.monotonic() > deadline:
+                left += len(log)
+                continue
+            s, n, error, _ = _flush_log(client, log)
             sent, left = sent + s, left + n
             if error is not None:
-                _log.warning("mlflow: %d record(s) of run %s not sent (%s); they stay in %s",
-                             n, path.name[:-len(PENDING_SUFFIX)], _describe(error), path)
+                _log.warning("mlflow: %d record(s) of %s not sent (%s); they stay in %s",
+                             n, log.run_id, _describe(error), path)
+                if _is_transient(error):
+                    stopped = error
     return sent, left
 
 
@@ -292,29 +482,45 @@ class TrialLogger:
     `<pending_dir>/<run_id>.jsonl` (default: `default_pending_dir()`); every later call first
     re-sends those records in order (after a failure, `log_epoch` tries again only once
     `retry_every_s` have passed, so a server that hangs does not stall every epoch).
-    `finish`/`fail` keep trying for up to `finish_wait_s`; what is still unsent then stays in
+    `finish`/`fail` keep trying until `finish_wait_s` after the outage began (a blip ends
+    within seconds; a longer outage is not waited for at every trial's end); what is still unsent then stays in
     the file (a warning names it and the count) for `flush_pending`. A request the server
     rejects (4xx) raises as before.
+
+    A trial that started while the server was down has no run id yet (`run_id=None`, `ref`
+    given): its records wait in `<pending_dir>/trial-<study>-<trial>.jsonl` behind an `open`
+    record, and the run is found or created (by its tags) as soon as the server answers.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, pending_dir: Path | str | None = None, *,
-                 timeout_s: int = 5, finish_wait_s: float = 60.0, retry_every_s: float = 10.0):
+    def __init__(self, tracking_uri: str, run_id: str | None, pending_dir: Path | str | None = None,
+                 *, ref: TrialRunRef | None = None, timeout_s: int = 5, finish_wait_s: float = 10.0,
+                 retry_every_s: float = 10.0):
+        if run_id is None and ref is None:
+            raise ValueError("TrialLogger needs a run id, or the TrialRunRef that finds the run")
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self.pending = PendingLog(Path(pending_dir) if pending_dir is not None
-                                  else default_pending_dir(), run_id)
+        self.ref = ref
+        self.directory = Path(pending_dir) if pending_dir is not None else default_pending_dir()
+        self.pending = PendingLog(self.directory, run_id or ref.key)
+        if run_id is None and ref.key and not self.pending.records():
+            self.pending.append({"id": uuid.uuid4().hex, "type": "open", "ref": ref.__dict__})
         self.timeout_s = timeout_s
         self.finish_wait_s = finish_wait_s
         self.retry_every_s = retry_every_s
         self._buffering = False
+        self._down_since = 0.0  # time.monotonic() when the current outage began
         self._next_try = 0.0  # time.monotonic() before which log_epoch only appends
 
-    def log_epoch(self, metrics: dict) -> None:
+    def log_epoch(self, metrics: dict, if_missing: str | None = None) -> None:
+        """One epoch's metrics; `if_missing` (a metric key): only if the run lacks this step of
+        it, for an epoch that may have been logged while the server could not be asked."""
         values = {k: float(v) for k, v in metrics.items()
                   if k != "epoch" and isinstance(v, (int, float))}
         record = {"type": "metrics", "step": int(metrics["epoch"]),
                   "timestamp": int(time.time() * 1000), "metrics": values}
+        if if_missing:
+            record["if_missing"] = if_missing
         if time.monotonic() < self._next_try:  # failed a moment ago: don't wait on it again
             self.pending.append({"id": uuid.uuid4().hex, **record})
             return
@@ -331,13 +537,21 @@ class TrialLogger:
             _log.warning("mlflow: params %s not logged to run %s: %s", params, self.run_id,
                          _describe(e))
 
-    def log_artifacts(self, local: Path, artifact_path: str) -> None:
-        """Files as the run's artifacts; a failure is a warning (they are in the study's storage
-        too), never a failed trial."""
+    def log_artifacts(self, local: Path, artifact_path: str, kept: Path | None = None) -> None:
+        """Files as the run's artifacts; never a failed trial. When they cannot be sent now and
+        a lasting copy of them exists on this machine (`kept`: the study's storage, when it is a
+        directory), a record naming it waits with the others; else a warning (the storage
+        holds them)."""
         try:
+            if self._flush() is not None or self.run_id is None:
+                raise ConnectionError("the tracking server cannot be reached")
             with _quick_http(self.tracking_uri, max(self.timeout_s, 60)):
                 self.client.log_artifacts(self.run_id, str(local), artifact_path)
         except Exception as e:  # noqa: BLE001 - artifacts are a copy; the storage holds them
+            if kept is not None and _is_transient(e):
+                self.pending.append({"id": uuid.uuid4().hex, "type": "artifacts", "dir": str(kept),
+                                     "artifact_path": artifact_path})
+                return
             _log.warning("mlflow: artifacts %s not logged to run %s: %s", artifact_path, self.run_id,
                          _describe(e))
 
@@ -361,11 +575,13 @@ class TrialLogger:
 
     def logged_steps(self, key: str) -> set[int] | None:
         """The steps of `key` the run has once this run's pending records are sent (their steps
-        included), or None when the server cannot be asked now (short timeout, as above)."""
+        included), or None when that is unknown: the server cannot be asked now (short timeout,
+        as above). None is not "no steps": the caller must not re-send on it."""
         pending = {int(r["step"]) for r in self.pending.records()
-                   if r["type"] == "metrics" and key in r["metrics"]}
+                   if r["type"] == "metrics" and key in r["metrics"] and not r.get("if_missing")}
         try:
-            self._flush()
+            if self._flush() is not None or self.run_id is None:
+                return None
             with _quick_http(self.tracking_uri, self.timeout_s):
                 history = self.client.get_metric_history(self.run_id, key)
         except Exception as e:
@@ -381,38 +597,53 @@ class TrialLogger:
     def _submit(self, record: dict, wait_s: float = 0.0) -> None:
         record = {"id": uuid.uuid4().hex, **record}
         error = self._flush()
-        if error is None:
+        if error is None and self.run_id is not None:
             try:
                 with _quick_http(self.tracking_uri, self.timeout_s):
-                    _send(self.client, self.run_id, record)
+                    _send(self.client, self.run_id, record, {})
                 return
             except Exception as e:
                 if not _is_transient(e):
                     raise
                 error = e
+        error = error or ConnectionError("the trial's run is not open yet")
         self.pending.append(record)
         if not _is_transient(error):
             raise error  # a pending record was rejected (e.g. the run was deleted)
         self._next_try = time.monotonic() + self.retry_every_s
         if not self._buffering:
-            self._buffering = True
+            self._buffering, self._down_since = True, time.monotonic()
             _log.warning("mlflow: cannot log to run %s now (%s); keeping its records in %s and "
-                         "training on", self.run_id, _describe(error), self.pending.path)
-        deadline = time.monotonic() + wait_s
+                         "training on", self.run_id or self.pending.run_id, _describe(error),
+                         self.pending.path)
+        # a blip may end within `wait_s`; an outage that has lasted that long already will not
+        deadline = self._down_since + wait_s
         while error is not None and time.monotonic() < deadline:
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
             error = self._flush()
         if error is not None and record["type"] == "end":
             _log.warning("mlflow: %d record(s) of run %s could not be sent (%s); they stay in %s "
-                         "(send them with pitfalls.sweep.tracking.flush_pending)",
-                         len(self.pending), self.run_id, _describe(error), self.pending.path)
+                         "(sent by `pitfalls resume`, or pitfalls.sweep.tracking.flush_pending)",
+                         len(self.pending), self.run_id or self.pending.run_id, _describe(error),
+                         self.pending.path)
 
     def _flush(self) -> Exception | None:
-        """Send this run's pending records, oldest first; the failure that stopped it, if any."""
+        """Send this run's pending records, oldest first; the failure that stopped it, if any.
+        Once a trial's run is found or created and its file is empty, records go to the run's."""
         if not self.pending.path.exists():
+            if self.run_id is None:  # nothing waits, but the run must be found before sending
+                try:
+                    with _quick_http(self.tracking_uri, self.timeout_s):
+                        self.run_id, _ = _find_or_create(self.client, self.ref)
+                except Exception as e:  # noqa: BLE001 - the caller judges it
+                    return e
+                self.pending = PendingLog(self.directory, self.run_id)
             return None
         with _quick_http(self.tracking_uri, self.timeout_s):
-            sent, left, error = _flush_log(self.client, self.pending)
+            sent, left, error, run_id = _flush_log(self.client, self.pending, self.run_id)
+        self.run_id = self.run_id or run_id
+        if not left and self.run_id is not None and self.pending.run_id != self.run_id:
+            self.pending = PendingLog(self.directory, self.run_id)
         if not left and self._buffering:
             self._buffering, self._next_try = False, 0.0
             _log.warning("mlflow: run %s reachable again; sent %d buffered record(s)",

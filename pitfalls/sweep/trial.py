@@ -19,8 +19,11 @@ import pyarrow.fs
 from pitfalls.config import StudySpec, TrialConfig, TrialParams
 from pitfalls.results.phases import PREDICTIONS_DIR
 from pitfalls.sweep.checkpoints import CheckpointStore
-from pitfalls.sweep.tracking import StudyRun, TrialLogger, open_trial_run
+from pitfalls.sweep.tracking import RunCache, StudyRun, TrialLogger, open_trial_run
 from pitfalls.train.checkpoint import epoch_of, history_of
+
+RUN_CACHE_FILE = "mlflow-run.json"
+EPOCH_KEY = "train_loss"  # every epoch logs it: the run's steps of it are the epochs it has
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class TrialContext:
     def checkpoints(self, trial_id: str) -> CheckpointStore:
         return CheckpointStore(self.storage_fs, f"{self.checkpoint_root}/{trial_id}",
                                self.study.fault_tolerance.keep_checkpoints)
+
+    def run_cache(self, trial_id: str) -> RunCache:
+        """The trial's MLflow run id, kept beside its checkpoints (found again without a search)."""
+        return RunCache(self.storage_fs, f"{self.checkpoint_root}/{trial_id}/{RUN_CACHE_FILE}")
 
     def predictions(self, trial_id: str) -> Predictions:
         root = self.checkpoint_root.rsplit("/", 1)[0]  # the study's root in its storage
@@ -63,7 +70,9 @@ class Predictions:
         self.fs.create_dir(self.directory, recursive=True)
         pyarrow.fs.copy_files(str(local), self.directory, source_filesystem=pyarrow.fs.LocalFileSystem(),
                               destination_filesystem=self.fs)
-        logger.log_artifacts(local, "predictions")
+        from pitfalls.sweep.storage import is_disk
+
+        logger.log_artifacts(local, "predictions", Path(self.directory) if is_disk(self.fs) else None)
 
 
 def trial_run_name(trial_id: str, params: TrialParams, varied: list[str]) -> str:
@@ -79,15 +88,16 @@ def run_trial(config: dict, *, ctx: TrialContext) -> None:
     space = ctx.study.search_space
     cfg = TrialConfig(ctx.study, ctx.study.trial_params(config))
     labels = {n: config[n] for n in space.linked if n in config}  # a linked level, as one param
-    run_id = open_trial_run(ctx.study_run, trial_id,
+    opened = open_trial_run(ctx.study_run, trial_id,
                             trial_run_name(trial_id, cfg.params, space.varied_params),
-                            {**cfg.params.as_dict(), **labels})
-    logger = TrialLogger(ctx.study_run.tracking_uri, run_id, pending_dir(ctx.study_dir))
+                            {**cfg.params.as_dict(), **labels}, ctx.run_cache(trial_id))
+    logger = TrialLogger(ctx.study_run.tracking_uri, opened.run_id, pending_dir(ctx.study_dir),
+                         ref=opened.ref)
     try:
         if ctx.study.resources.workers == 1:
             _train_in_process(cfg, logger, ctx.checkpoints(trial_id), ctx.predictions(trial_id))
         else:
-            _train_with_ray_train(cfg, trial_id, ctx, run_id)
+            _train_with_ray_train(cfg, trial_id, ctx, logger)
     except BaseException as e:
         logger.fail(e)
         raise
@@ -103,25 +113,33 @@ class EpochLog:
     """MLflow logging of epochs that survives restarts without duplicates: each epoch is logged
     after its checkpoint is saved, an epoch MLflow already has is not logged again (a trial
     resumed from an older checkpoint re-runs it, with the same numbers), and epochs that a
-    checkpoint holds but MLflow lacks (killed between the two) are logged on restore."""
+    checkpoint holds but MLflow lacks (killed between the two) are logged on restore.
+
+    When the server cannot be asked which epochs it has (down while the trial restarts), the
+    answer is unknown, not "none": every epoch is then sent on the condition that the run lacks
+    it (`if_missing`), decided when the server answers, so no step is ever logged twice."""
 
     def __init__(self, logger: TrialLogger):
         self.logger = logger
-        self.logged = logged_epochs(logger)
+        self.logged = logged_epochs(logger)  # None: unknown
+        self.sent: set[int] = set()
 
     def log(self, metrics: dict) -> None:
-        if int(metrics["epoch"]) not in self.logged:
-            self.logger.log_epoch(metrics)
-            self.logged.add(int(metrics["epoch"]))
+        epoch = int(metrics["epoch"])
+        if epoch in self.sent or (self.logged is not None and epoch in self.logged):
+            return
+        self.logger.log_epoch(metrics, if_missing=EPOCH_KEY if self.logged is None else None)
+        self.sent.add(epoch)
 
     def restore(self, history: list[dict]) -> None:
         for metrics in history:
             self.log(metrics)
 
 
-def logged_epochs(logger: TrialLogger) -> set[int]:
-    """Epochs MLflow has (or that wait in the logger's pending file); none if unreachable."""
-    return logger.logged_steps("train_loss") or set()
+def logged_epochs(logger: TrialLogger) -> set[int] | None:
+    """Epochs MLflow has (or that wait in the logger's pending file); None when unknown (the
+    server cannot be reached), which is not the same as none."""
+    return logger.logged_steps(EPOCH_KEY)
 
 
 def tune_metrics(metrics: dict, checkpoint: dict, epochs: int) -> dict:
@@ -190,7 +208,7 @@ def _worker_loop(loop_config: dict) -> None:
     epochs = None
     if rank == 0:
         epochs = EpochLog(TrialLogger(loop_config["tracking_uri"], loop_config["run_id"],
-                                      pending_dir(loop_config["study_dir"])))
+                                      pending_dir(loop_config["study_dir"]), ref=loop_config["run_ref"]))
     store: CheckpointStore = loop_config["checkpoints"]
     predictions: Predictions = loop_config["predictions"]
     local = predictions.local()
@@ -219,7 +237,7 @@ def _worker_loop(loop_config: dict) -> None:
         shutil.rmtree(local, ignore_errors=True)
 
 
-def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, run_id: str) -> None:
+def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, logger: TrialLogger) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -231,7 +249,8 @@ def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, ru
         per_worker["GPU"] = res.gpus_per_worker
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg, "tracking_uri": ctx.study_run.tracking_uri, "run_id": run_id,
+        train_loop_config={"cfg": cfg, "tracking_uri": ctx.study_run.tracking_uri,
+                           "run_id": logger.run_id, "run_ref": logger.ref,
                            "study_dir": ctx.study_dir, "checkpoints": ctx.checkpoints(trial_id),
                            "predictions": ctx.predictions(trial_id)},
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,

@@ -161,21 +161,25 @@ def restore(run: Run, checkpoint: dict) -> None:
 
 
 def capture(run: Run, epoch: int) -> dict:
-    """Everything needed to continue exactly after `epoch` (from every rank under DDP)."""
-    mine = {ckpt.AUG_RNG: run.aug_rng.get_state(),
-            ckpt.HEAD_STATE: state_to(run.state, "cpu") if run.cfg.params.carry_hidden else None}
+    """Everything needed to continue exactly after `epoch` (from every rank under DDP), in the
+    plain form a checkpoint holds (`ckpt.plain`: tensors, numbers, strings, None, dicts, lists
+    and tuples; the forms of each part are listed in `pitfalls.train.checkpoint`), so that it
+    loads with `torch.load(weights_only=True)`."""
+    mine = ckpt.plain({ckpt.AUG_RNG: run.aug_rng.get_state(),
+                       ckpt.HEAD_STATE: state_to(run.state, "cpu") if run.cfg.params.carry_hidden else None},
+                      f"checkpoint[{ckpt.RANKS!r}][{run.d.rank}]")
     ranks = [mine]
     if run.d.world_size > 1:
         ranks = [None] * run.d.world_size
         dist.all_gather_object(ranks, mine)
-    return {
+    return ckpt.plain({
         ckpt.EPOCH: epoch, ckpt.HISTORY: list(run.history), ckpt.RANKS: ranks,
         ckpt.MODEL: run.model.state_dict(), ckpt.OPTIMIZER: run.optimizer.state_dict(),
         ckpt.SCALER: run.stepper.scaler.state_dict(),
         ckpt.SAMPLER: run.sampler.state_dict(), ckpt.EXTRA_SAMPLER: run.extra.state_dict(),
         ckpt.TORCH_RNG: torch.get_rng_state(),
         ckpt.SELECTION: run.selection.state_dict(),
-    }
+    })
 
 
 def train_epoch(run: Run) -> float:

@@ -42,10 +42,13 @@ class Selection:
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "value": self.value, "weights": self.weights}
+        """Plain, for a checkpoint: the epoch (int), its value (float) and weights (a state
+        dict of CPU tensors, or None)."""
+        return {"epoch": int(self.epoch), "value": float(self.value), "weights": self.weights}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.value, self.weights = state["epoch"], state["value"], state["weights"]
+        self.epoch, self.value = int(state["epoch"]), float(state["value"])
+        self.weights = state["weights"]
 
 
 class selected_weights:

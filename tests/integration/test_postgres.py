@@ -1,10 +1,13 @@
 """A study on PostgreSQL: MLflow's server and Optuna's storage in one real PostgreSQL server.
 
-The database password is in the URLs (the MLflow server's backend store, `--optuna-storage`);
-none of the study's files, logs, params or tags may contain it.
+The database password is in the URLs (the MLflow server's backend store, `--optuna-storage`),
+and basic-auth credentials are in the tracking URI (`--mlflow-uri http://user:secret@...`); none
+of the study's files (Tune's pickles included), logs, params, tags or output may contain them.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import yaml
@@ -19,9 +22,13 @@ pytestmark = pytest.mark.integration
 def test_optuna_study_on_postgres(mlflow_postgres_server, postgres, tmp_path, ray_session, capsys,
                                   monkeypatch):
     """`pitfalls run` in this process, on the session's Ray."""
+    import os
+
     import optuna
 
-    monkeypatch.delenv("PGPASSWORD", raising=False)  # the run sets it; undone after the test
+    # the run sets them (pitfalls.sweep.credentials); set first so that they are undone after
+    for name in ("PGPASSWORD", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "")
 
     raw = tiny_study(name="pg-optuna", searcher={"type": "optuna", "sampler": "random",
                                                  "num_samples": 3, "seed": 0},
@@ -29,12 +36,18 @@ def test_optuna_study_on_postgres(mlflow_postgres_server, postgres, tmp_path, ra
     study_file = tmp_path / "pg-optuna.yaml"
     study_file.write_text(yaml.safe_dump(raw))
     optuna_url = postgres.url("optuna")
+    # the session's server checks no credentials: what matters is where they go
+    tracking_secret = "trk-" + os.urandom(8).hex()
+    tracking_uri = mlflow_postgres_server.uri.replace("://", f"://pg-user:{tracking_secret}@", 1)
     capsys.readouterr()
     rc = main(["run", str(study_file), "--storage", str(tmp_path), "--mlflow-uri",
-               mlflow_postgres_server.uri, "--optuna-storage", optuna_url])
+               tracking_uri, "--optuna-storage", optuna_url])
     output = capsys.readouterr()
     assert rc == 0, output.out[-3000:] + output.err[-3000:]
     study_dir = tmp_path / "pg-optuna"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"],
+            os.environ["PGPASSWORD"]) == ("pg-user", tracking_secret, postgres.password)
+    assert f"mlflow: {mlflow_postgres_server.uri} " in output.out  # the clean URI is shown
 
     client = MlflowClient(mlflow_postgres_server.uri)
     exp = client.get_experiment_by_name("pg-optuna")
@@ -45,10 +58,6 @@ def test_optuna_study_on_postgres(mlflow_postgres_server, postgres, tmp_path, ra
     assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
     for c in children:
         assert [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == [1, 2]
-
-    study = optuna.load_study(study_name="pg-optuna", storage=optuna_url)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    assert not (study_dir / "optuna.db").exists(), "Optuna wrote its sqlite file despite --optuna-storage"
 
     # the password reaches neither the study's files nor MLflow's params and tags
     secret = postgres.password
@@ -63,11 +72,22 @@ def test_optuna_study_on_postgres(mlflow_postgres_server, postgres, tmp_path, ra
             assert not leaked, f"the database password is in run {run.info.run_id}'s {name}: {leaked}"
     assert secret not in output.out + output.err
     assert secret not in mlflow_postgres_server.log_path.read_text()
-    # Ray Tune pickles the OptunaSearch, its storage URL included, into tune/*.pkl: the password
-    # was moved out of the URL (into the driver's PGPASSWORD), so no file may hold it.
-    leaked = sorted(str(p.relative_to(study_dir)) for p in study_dir.rglob("*")
-                    if p.is_file() and secret.encode() in p.read_bytes())
-    assert not leaked, leaked
+    # Ray Tune pickles the OptunaSearch, its storage URL included, into tune/*.pkl, and the
+    # trials' context (tracking URI included) into its trial state: both were moved out of the
+    # URLs (into the driver's PGPASSWORD and MLFLOW_TRACKING_*), so no file may hold them.
+    assert tracking_secret not in output.out + output.err + mlflow_postgres_server.log_path.read_text()
+    for leaking in (secret, tracking_secret):
+        leaked = sorted(str(p.relative_to(study_dir)) for p in study_dir.rglob("*")
+                        if p.is_file() and leaking.encode() in p.read_bytes())
+        assert not leaked, leaked
+    assert any(study_dir.glob("tune/**/*.pkl")), "Tune's pickles were not checked"
+    state = (study_dir / "state.json").read_text()
+    assert f'"tracking_uri": "{mlflow_postgres_server.uri}"' in state
+
+    # the Optuna study is named by the study's id (pitfalls.sweep.space.search_algorithm)
+    study = optuna.load_study(study_name=json.loads(state)["study_id"], storage=optuna_url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert not (study_dir / "optuna.db").exists(), "Optuna wrote its sqlite file despite --optuna-storage"
 
 
 def test_password_from_pgpassword_not_from_the_url(postgres, monkeypatch, tmp_path):

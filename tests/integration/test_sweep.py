@@ -90,7 +90,8 @@ def test_optuna_sweep_with_default_sqlite_store(ray_session, tmp_path):
     _, parents, children = _runs(f"sqlite:///{tmp_path / 'opt' / 'mlflow.db'}", "optuna-sqlite")
     assert len(parents) == 1 and len(children) == 2
     assert all(c.info.status == "FINISHED" for c in children)
-    study = optuna.load_study(study_name="optuna-sqlite",
+    state = json.loads((tmp_path / "opt" / "state.json").read_text())  # named by the study's id
+    study = optuna.load_study(study_name=state["study_id"],
                               storage=f"sqlite:///{tmp_path / 'opt' / 'optuna.db'}")
     assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
     lrs = {c.data.params["lr"] for c in children}

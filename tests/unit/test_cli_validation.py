@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.helpers import tiny_study
@@ -28,15 +29,17 @@ def test_bad_study_fails_with_one_message_and_writes_nothing(tmp_path):
     assert "Traceback" not in err
 
 
-def test_bad_name_override_is_refused(tmp_path):
+@pytest.mark.parametrize("name", ["my study", "..", ".", "../escape", "a/b", "/abs", ".hidden", ""])
+def test_bad_name_override_is_refused(tmp_path, capsys, name):
+    """A study's name becomes a directory under --storage: nothing may lead out of it."""
+    from pitfalls.cli import main
     from tests.conftest import ROOT
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "pitfalls.cli", "run", str(ROOT / "studies" / "quickstart.yaml"),
-         "--storage", str(tmp_path / "runs"), "--name", "my study"],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--name: 'my study'" in proc.stderr
-    assert not (tmp_path / "runs").exists()
+    rc = main(["run", str(ROOT / "studies" / "quickstart.yaml"), "--storage", str(tmp_path / "runs"),
+               "--name", name])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--name: {name!r}" in err and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())  # nothing written, not even next to the storage
 
 
 def test_unreachable_mlflow_server_fails_fast_and_writes_nothing(tmp_path):

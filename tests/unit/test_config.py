@@ -170,7 +170,7 @@ def test_optuna_storage_password_moves_to_pgpassword(tmp_path, monkeypatch):
 
     from pitfalls.sweep.space import optuna_storage_url
 
-    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSWORD", "")  # recorded, so the test leaves it as it found it
     url = optuna_storage_url(tmp_path, "postgresql+psycopg2://me:s3cr%40t@127.0.0.1:5433/optuna")
     assert url == "postgresql+psycopg2://me@127.0.0.1:5433/optuna"
     assert os.environ["PGPASSWORD"] == "s3cr@t"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 
 import pytest
@@ -27,15 +26,6 @@ def store(tmp_path_factory):
 def run_id(store):
     _, client, exp = store
     return client.create_run(exp).info.run_id
-
-
-@pytest.fixture
-def unreachable() -> str:
-    """An http URI on a port of 127.0.0.1 nothing listens on (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 class Flaky:

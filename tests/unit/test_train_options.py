@@ -155,7 +155,7 @@ def test_resuming_from_a_snapshot_continues_exactly(carry, norm):
     with pytest.raises(Stop):
         train(cfg, report=stop_after_two, snapshot=True)
     resumed = []
-    state = torch.load(io.BytesIO(states[-1]), weights_only=False)
+    state = torch.load(io.BytesIO(states[-1]), weights_only=True)
     final = train(cfg, report=lambda m, s: resumed.append((m, s)), resume=copy.deepcopy(state), snapshot=True)
     assert [m["epoch"] for m, _ in resumed] == [3]
     for key in ("train_loss", "val_loss", "val_accuracy"):

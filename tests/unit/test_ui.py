@@ -32,7 +32,7 @@ def _make_study(study_dir: Path, name: str = "uistudy", tracking_uri: str | None
     client.create_experiment("another")  # so that the study's experiment id is not the first
     artifacts = (study_dir / "mlartifacts").resolve().as_uri()
     study = open_study_run(uri, name, f"{name}-1234abcd", {"study": name}, artifact_location=artifacts)
-    trials = [open_trial_run(study, f"t_0000{i}", f"t_0000{i} norm={norm}", {"norm": norm})
+    trials = [open_trial_run(study, f"t_0000{i}", f"t_0000{i} norm={norm}", {"norm": norm}).run_id
               for i, norm in enumerate(("batch", "group"))]
     other = open_study_run(uri, name, f"{name}-other", {})
     open_trial_run(other, "t_00000", "t_00000 norm=batch", {"norm": "batch"})
