@@ -61,6 +61,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median counts")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     ap.add_argument("--compile", action="store_true", help="torch.compile the backbones")
+    ap.add_argument("--pretrained", action="store_true",
+                    help="as a model.pretrained trial builds it (input normalization; random weights)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, 1 round")
     return ap
 
@@ -102,9 +104,12 @@ def host_frames(args: argparse.Namespace, seed: int = 0) -> tuple[torch.Tensor, 
 
 
 def paper_model(args: argparse.Namespace):
-    """The backbone + causal LSTM of `args` (the papers' CNN-LSTM), randomly initialized."""
+    """The backbone + causal LSTM of `args` (the papers' CNN-LSTM), randomly initialized; with
+    `--pretrained`, a pretrained trial's model (its input normalization and kept norms) with
+    random weights: the step costs the same."""
     return build_model(backbone=args.backbone, norm=args.norm, frozen_stages=0,
-                       num_classes=NUM_CLASSES, head_options=LSTMHead(hidden_size=args.hidden))
+                       num_classes=NUM_CLASSES, head_options=LSTMHead(hidden_size=args.hidden),
+                       pretrained=args.pretrained, load_weights=False)
 
 
 def platform_step(args: argparse.Namespace) -> Callable[[], None]:

@@ -59,7 +59,8 @@ def main() -> int:
               f"(min {min(times):.2f}); torch/timm imported: {imported}")
         studies = sorted((ROOT / "studies").rglob("*.yaml"))
         check = ("import sys; from pitfalls.config import load_study; "
-                 "load_study(sys.argv[1], check_data='paper' not in sys.argv[1])" + REPORT)
+                 "load_study(sys.argv[1], check_data='paper' not in sys.argv[1], "
+                 "check_weights='paper' not in sys.argv[1])" + REPORT)
         worst = (0.0, "")
         for study in studies:
             s = statistics.median(_seconds(check, str(study))[0] for _ in range(max(1, args.repeat // 2)))

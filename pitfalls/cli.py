@@ -1,5 +1,5 @@
-"""`pitfalls run | resume | plan | report | evaluate | ui | probe | data | reproduce`: parse
-arguments and the study once, then hand over."""
+"""`pitfalls run | resume | validate | plan | report | evaluate | ui | probe | data | reproduce |
+pretrain-standin`: parse arguments and the study once, then hand over."""
 
 from __future__ import annotations
 
@@ -153,8 +153,8 @@ def _report(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from pitfalls.config import StudyError, load_study
 
-    try:
-        spec = load_study(args.study, check_data=False)
+    try:  # the cost needs neither the data nor the pretrained weights on this machine
+        spec = load_study(args.study, check_data=False, check_weights=False)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -164,6 +164,50 @@ def _plan(args: argparse.Namespace) -> int:
 
     device = torch.device(args.device) if args.device else None
     print(render(plan_study(spec, device, args.gpu_memory)))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pitfalls.config import StudyError, load_study
+
+    try:
+        spec = load_study(args.study, check_data=not args.skip_data,
+                          check_weights=not args.skip_weights)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    skipped = [what for what, skip in (("the data", args.skip_data),
+                                       ("the pretrained weights' availability", args.skip_weights)) if skip]
+    print(f"{args.study}: valid, {spec.num_trials} trial(s)"
+          + (f" (not checked: {' and '.join(skipped)})" if skipped else ""))
+    return 0
+
+
+STANDIN_NOTE = ("SYNTHETIC STAND-IN weights, not ImageNet ones: the backbone is trained to classify "
+                "single frames of synthetic videos, so that `model.pretrained: true` runs offline "
+                "(e.g. on a CPU); results with them say nothing about the published numbers")
+
+
+def _pretrain_standin(args: argparse.Namespace) -> int:
+    from pitfalls.models.backbone import backbone_info
+
+    info = backbone_info(args.backbone)
+    if info.error or info.source is None:
+        why = info.error or "has no pretrained weights in timm to stand in for"
+        print(f"error: {args.backbone!r} {why}", file=sys.stderr)
+        return 2
+    from pitfalls.data.synthetic import SyntheticOptions
+    from pitfalls.repro_pretrain import pretrain_standin
+
+    hf_home = Path(args.hf_home).resolve()
+    print(f"{info.source.name}: {STANDIN_NOTE}; {args.steps} steps at {args.frame_size}x"
+          f"{args.frame_size} px, inputs normalized with the tag's mean/std")
+    path = pretrain_standin(info.source.name, hf_home, SyntheticOptions(frame_size=args.frame_size),
+                            steps=args.steps, seed=args.seed)
+    print(f"written: {path} (synthetic stand-in, not ImageNet weights)")
+    print(f"use it: HF_HOME={hf_home} HF_HUB_OFFLINE=1 uv run pitfalls run STUDY   "
+          f"(model.pretrained: true, backbone {info.source.name}; HF_HUB_CACHE, if set, must "
+          f"point at {hf_home / 'hub'})")
     return 0
 
 
@@ -199,7 +243,8 @@ def _probe(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(f"{args.backbone} norm={args.norm} frozen_stages={args.frozen_stages} "
-              f"seq_len={args.seq_len} (random init, synthetic frames, probed in train mode)")
+              f"seq_len={args.seq_len} ({'pretrained' if args.pretrained else 'random init'}, "
+              "synthetic frames, probed in train mode)")
         print(probe_table(results))
     return 0
 
@@ -251,6 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Optuna storage URL, when the study started with one")
     resume.add_argument("--force", action="store_true", help=FORCE_HELP)
     resume.set_defaults(func=_resume)
+    validate = sub.add_parser("validate", help="validate a study as `pitfalls run` does, and "
+                                               "start nothing")
+    validate.add_argument("study", help="study file, e.g. studies/quickstart.yaml")
+    validate.add_argument("--skip-data", action="store_true",
+                          help="do not read the dataset (its data lives on another machine)")
+    validate.add_argument("--skip-weights", action="store_true",
+                          help="do not check that the pretrained weights (model.pretrained) can be "
+                               "had here: in the Hugging Face cache or from the Hub (they are "
+                               "needed where the study runs)")
+    validate.set_defaults(func=_validate)
     plan = sub.add_parser("plan", help="what a study will cost and whether each configuration fits, "
                                        "measured with a few steps per model shape (no Ray)")
     plan.add_argument("study", help="study file, e.g. studies/quickstart.yaml")
@@ -291,6 +346,22 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--steps-per-epoch", type=int, default=None,
                        help="training steps per epoch instead of the studies' 150 (a smoke run)")
     repro.set_defaults(func=_reproduce)
+    standin = sub.add_parser(
+        "pretrain-standin", help="synthetic stand-in weights (NOT ImageNet ones) for a timm "
+                                 "pretrained tag, written into a local Hugging Face cache, so "
+                                 "model.pretrained: true runs offline",
+        description=f"Pretrain {STANDIN_NOTE}. The weights go where timm looks for the tag's "
+                    "weights in a Hugging Face cache at --hf-home; run studies with HF_HOME set "
+                    "to it (and HF_HUB_OFFLINE=1).")
+    standin.add_argument("backbone", metavar="BACKBONE.TAG", help="a timm model with a pretrained "
+                         "tag, e.g. test_resnet.r160_in1k (no tag: timm's default)")
+    standin.add_argument("--hf-home", required=True, metavar="DIR",
+                         help="the Hugging Face home to write into (HF_HOME; weights in DIR/hub)")
+    standin.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    standin.add_argument("--frame-size", type=int, default=32,
+                         help="synthetic frame size in pixels (default 32; the study's)")
+    standin.add_argument("--seed", type=int, default=0)
+    standin.set_defaults(func=_pretrain_standin)
     from pitfalls.probes.cli import add_arguments
 
     probe = sub.add_parser("probe", help="probe a model for BN pitfalls (leakage, batch dependence, "

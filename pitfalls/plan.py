@@ -4,7 +4,7 @@ Per distinct model shape (backbone with one norm and one frozen depth) a few rea
 run on this machine's device at the study's frame size and fast path, with 2 and 4 frames per
 step: peak training memory and step time are measured at both and extended linearly in the
 frames per step (everything that grows with a step's frames, activations and their gradients,
-grows linearly in them; weights, gradients and AdamW's moments do not). From that line:
+grows linearly in them; weights, gradients and the optimizer's state do not). From that line:
 each configuration's peak memory and whether it fits `--gpu-memory`, the compute per trial
 (epochs x steps x step time, plus PreciseBN's extra forward passes for BN models that use it and
 the evaluation of the validation frames when the data is here) and in total, and per frozen
@@ -28,13 +28,15 @@ import numpy as np
 import torch
 
 from pitfalls.config import PARAMS, StudySpec, study_precise_bn_batches
+from pitfalls.config.modes import MODES
 from pitfalls.config.params import DEFAULTS
 from pitfalls.markdown import table
 from pitfalls.models.inputs import to_input
 from pitfalls.models.norms import NormOptions
 from pitfalls.models.precise_bn import batch_stat_layers
-from pitfalls.models.video_model import build_model
+from pitfalls.models.video_model import VideoModel, build_model
 from pitfalls.train.fast import FastPath, Stepper, prepare_model, resolve
+from pitfalls.train.optim import make_optimizer
 from pitfalls.train.tasks import PhaseTask
 
 FIRST_PROBE = 2  # frames per step of the first measured point (BN needs 2)
@@ -46,13 +48,15 @@ GiB = 2**30
 
 # The parameters that shape the model (what the planner measures once per distinct value).
 MODEL_PARAMS = tuple(n for n, p in PARAMS.items() if p.target == "model")
+# The optimizer's: its state's memory and its step's time depend on them.
+OPTIMIZER_PARAMS = tuple(n for n, p in PARAMS.items() if p.target == "optimizer")
 
 
 def shape_params(spec: StudySpec) -> tuple[str, ...]:
-    """The model parameters a shape is told apart by: norm and frozen depth always, the others
-    (backbone, temporal head) when the study varies them."""
+    """The parameters a shape is told apart by: norm and frozen depth always, the other model
+    parameters (backbone, temporal head) and the optimizer's when the study varies them."""
     varied = spec.search_space.param_values()
-    return tuple(n for n in MODEL_PARAMS
+    return tuple(n for n in (*MODEL_PARAMS, *OPTIMIZER_PARAMS, "training")
                  if n in ("norm", "frozen_stages") or len(varied.get(n, ())) > 1)
 
 
@@ -108,6 +112,12 @@ class StudyPlan:
     val_frames: int | None = None
     final_frames: int | None = None  # evaluated once at the end (test, and val for predictions)
     measure_s: float = 0.0
+    lengths: dict[str, list[int]] | None = None  # frames per video per split (None: data absent)
+
+    @property
+    def all_frames(self) -> int | None:
+        """Every frame of every split: what a two-stage trial extracts features of."""
+        return sum(sum(v) for v in self.lengths.values()) if self.lengths else None
 
     @property
     def total_s(self) -> float:
@@ -145,8 +155,21 @@ def configurations(spec: StudySpec) -> list[dict]:
     axes = [[level if name in linked else {name: level} for level in levels]
             for name, levels in space.factors]
     defaults = {k: spec.param_default(k) for k in DEFAULTS if k not in space.param_values()}
-    return [{k: v for part in parts for k, v in part.items()} | defaults
-            for parts in itertools.product(*axes)]
+    configs = [{k: v for part in parts for k, v in part.items()} | defaults
+               for parts in itertools.product(*axes)]
+    for c in configs:  # as the trial sees it: frame_only has no temporal head
+        if not MODES[c["training"]].temporal_head:
+            c["temporal_head"] = None
+    return configs
+
+
+def measured_model(config: dict, keys: tuple[str, ...]) -> dict:
+    """The model (and optimizer) parameters of the network a configuration trains first: a
+    frame-wise mode (frame_only, stage 1 of two_stage) trains the CNN with a frame classifier."""
+    model = {k: config[k] for k in keys if k != "training"}
+    if MODES[config["training"]].frame_batches:
+        model["temporal_head"] = None
+    return model
 
 
 @contextlib.contextmanager
@@ -200,22 +223,33 @@ class _Trainer:
         torch.manual_seed(0)
         self.device, self.fast = device, fast
         outputs = num_outputs(spec)
+        settings = {n: model.pop(n) if n in model else spec.param_default(n)
+                    for n in OPTIMIZER_PARAMS}
         params = {n: spec.param_default(n) for n in MODEL_PARAMS if n in DEFAULTS}
         params.update(model, norm=norm, frozen_stages=frozen)
         model = build_model(**params, num_classes=outputs,
-                            head_options=spec.model.head_options(params["temporal_head"]),
+                            head_options=(spec.model.head_options(params["temporal_head"])
+                                          if params["temporal_head"] else None),
                             norm_options=NormOptions(spec.model.group_norm_groups,
-                                                     spec.model.whitening_group_size))
+                                                     spec.model.whitening_group_size),
+                            # the trials' model and input normalization; random weights will do
+                            pretrained=spec.model.pretrained, load_weights=False,
+                            reinit_replaced_norms=spec.model.reinit_replaced_norms)
         self.model = prepare_model(model.to(device), fast)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-5)
-        self.stepper = Stepper(self.model, optimizer, PhaseTask(outputs).loss, fast)
+        self.stepper = Stepper(self.model, make_optimizer(self.model, settings),
+                               PhaseTask(outputs).loss, fast)
         self.outputs = outputs
         self.hw = hw or frame_shape(spec)
-        # weights and AdamW's two moments: held from one step to the next (gradients are
-        # counted in the step: the step frees the last ones before it makes new ones)
-        self.resident = (sum(p.numel() * p.element_size() for p in self.model.parameters())
-                         + 2 * sum(p.numel() * p.element_size() for p in params))
+
+    @property
+    def resident(self) -> float:
+        """Bytes held from one step to the next: the weights and the optimizer's state (AdamW's
+        two moments, SGD's momentum buffer), as the steps so far made it. Gradients are counted
+        in the step: the step frees the last ones before it makes new ones."""
+        state = self.stepper.optimizer.state.values()
+        return float(sum(p.numel() * p.element_size() for p in self.model.parameters())
+                     + sum(t.numel() * t.element_size() for s in state for t in s.values()
+                           if torch.is_tensor(t)))
 
     def _inputs(self, frames: int):
         h, w = self.hw
@@ -230,7 +264,7 @@ class _Trainer:
 
     def peak(self, frames: int) -> tuple[float, float]:
         """Peak training memory of a step on `frames` frames, and the wall time of the plain
-        step taken first (so AdamW's moments exist before the profiled one)."""
+        step taken first (so the optimizer's state exists before the profiled one)."""
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
@@ -366,6 +400,97 @@ def _val_frames(spec: StudySpec) -> int | None:
         return None
 
 
+def _lengths(spec: StudySpec) -> dict[str, list[int]] | None:
+    """Frames per video of each split, when cheap to know (None: the data is not here)."""
+    if spec.dataset.name == "synthetic":
+        from pitfalls.data.synthetic import test_lengths, video_lengths
+
+        opts = spec.dataset.options
+        lengths = video_lengths(opts)
+        return {"train": lengths[opts.val_videos:], "val": lengths[:opts.val_videos],
+                "test": test_lengths(opts)}
+    try:
+        from pitfalls.data.load import load_data
+
+        return {k: [len(v) for v in videos] for k, videos in load_data(spec.dataset).splits.items()}
+    except Exception:  # noqa: BLE001 - planning a study whose data lives elsewhere
+        return None
+
+
+@dataclass(frozen=True)
+class HeadCost:
+    """A temporal head trained on stored features (a two-stage trial's stage 2): time and
+    memory per frame of a whole-video sequence, measured on random features."""
+
+    feature_bytes_per_frame: float  # the stored features, all held on the device
+    train_s_per_frame: float
+    eval_s_per_frame: float
+    fixed_bytes: float  # the head's weights and optimizer state
+    bytes_per_frame: float  # activations of a training sequence
+
+    def trial_s(self, plan: "StudyPlan", epochs: int, steps: int, videos_per_batch: int) -> float:
+        if not plan.lengths:
+            return 0.0
+        mean_train = sum(plan.lengths["train"]) / max(len(plan.lengths["train"]), 1)
+        val = sum(plan.lengths.get("val", []))
+        final = sum(plan.lengths.get("test", [])) + val * plan.spec.evaluation.predictions
+        return (epochs * (steps * videos_per_batch * mean_train * self.train_s_per_frame
+                          + val * self.eval_s_per_frame) + final * self.eval_s_per_frame)
+
+    def peak_bytes(self, plan: "StudyPlan") -> float:
+        if not plan.lengths:
+            return self.fixed_bytes
+        longest = max(plan.lengths["train"], default=0)
+        return (plan.all_frames * self.feature_bytes_per_frame + self.fixed_bytes
+                + self.bytes_per_frame * longest)
+
+
+HEAD_PROBE_FRAMES = 256  # frames of the random feature sequence a head is measured on
+
+
+def measure_head(spec: StudySpec, backbone: str, head: str, device: torch.device,
+                 fast: FastPath) -> HeadCost:
+    """Time and memory of the study's `head` on features of `backbone`'s width."""
+    from pitfalls.models.backbone import backbone_info
+
+    torch.manual_seed(0)
+    width = backbone_info(backbone).num_features
+    module = spec.model.head_options(head).build(width, num_outputs(spec)).to(device)
+    settings = {n: spec.param_default(n) for n in OPTIMIZER_PARAMS}  # the study's optimizer
+    optimizer = make_optimizer(VideoModel(torch.nn.Identity(), module), settings)
+    n = HEAD_PROBE_FRAMES
+    feats = torch.randn(1, n, width, device=device)
+    labels = torch.randint(0, num_outputs(spec), (1, n), device=device)
+    loss_fn = PhaseTask(num_outputs(spec)).loss
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with fast.autocast():
+            out, _ = module(feats, None)
+        loss_fn(out.float(), (labels,)).backward()
+        optimizer.step()
+
+    def forward() -> None:
+        with torch.no_grad(), fast.autocast():
+            module(feats, None)
+
+    step()  # the optimizer's state exists from here on
+    times = {}
+    for name, fn in (("train", step), ("eval", forward)):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            fn()
+        sync()
+        times[name] = (time.perf_counter() - t0) / 3 / n
+    resident = sum(t.numel() * t.element_size() for t in module.state_dict().values()) + sum(
+        t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+        if torch.is_tensor(t))
+    per_frame = peak_memory(step, device) / n
+    return HeadCost(4.0 * width, times["train"], times["eval"], float(resident), per_frame)
+
+
 def _final_frames(spec: StudySpec) -> int | None:
     """Frames evaluated once after the last epoch: the test split at the selected checkpoint,
     and the validation split again when its predictions are written (None: data absent)."""
@@ -421,24 +546,40 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
         return tuple(c[k] for k in keys)
 
     costs = {}
-    for key in sorted({shape(c) for c in configs}):
+    for key in sorted({shape(c) for c in configs}, key=_order):
         largest = max(frames_in_memory(c) for c in configs if shape(c) == key)
-        model = {k: c[k] for c in configs if shape(c) == key for k in MODEL_PARAMS}
+        model = next(measured_model(c, (*MODEL_PARAMS, *OPTIMIZER_PARAMS, "training"))
+                     for c in configs if shape(c) == key)
         costs[key] = measure_shape(spec, model, device, fast, largest)
+    heads = {(c["backbone"], c["temporal_head"]): measure_head(spec, c["backbone"], c["temporal_head"], device, fast)
+             for c in configs if c["training"] == "two_stage"}
     plan = StudyPlan(spec, device.type, fast, budget, source, costs, val_frames=_val_frames(spec),
-                     final_frames=_final_frames(spec), measure_s=time.perf_counter() - t0)
+                     final_frames=_final_frames(spec), measure_s=time.perf_counter() - t0,
+                     lengths=_lengths(spec))
     budget_spec = spec.budget
     for c in configs:
         cost = costs[shape(c)]
         frames = frames_in_memory(c)
         step_s = k * cost.step_s(frames)
         eval_s = cost.eval_s_per_frame * plan.val_frames if plan.val_frames else 0.0
-        trial_s = budget_spec.epochs * (budget_spec.steps_per_epoch * step_s + eval_s
-                                        + precise_bn_s(spec, c, cost))
-        trial_s += cost.eval_s_per_frame * (plan.final_frames or 0)
+        (epochs, steps), *second = budget_spec.stages(c["training"])
+        trial_s = epochs * (steps * step_s + eval_s + precise_bn_s(spec, c, cost))
         peak = cost.peak_bytes(frames)
+        if second:  # two_stage: features of every frame once, then the head on them
+            head = heads[(c["backbone"], c["temporal_head"])]
+            (epochs2, steps2), = second
+            trial_s += cost.eval_s_per_frame * (plan.all_frames or 0) + head.trial_s(
+                plan, epochs2, steps2, c["videos_per_batch"])
+            peak = max(peak, head.peak_bytes(plan))
+        else:
+            trial_s += cost.eval_s_per_frame * (plan.final_frames or 0)
         plan.configs.append(ConfigPlan(c, frames, peak, peak <= budget, step_s, trial_s))
     return plan
+
+
+def _order(key: tuple) -> tuple:
+    """Shapes in a stable order (a frame_only shape's temporal head is None)."""
+    return tuple((x is None, str(x)) if not isinstance(x, (int, float)) else (False, x) for x in key)
 
 
 def _mib(b: float) -> str:
@@ -489,5 +630,6 @@ def render(plan: StudyPlan) -> str:
                   f"(per worker, per micro-batch of {plan.fast.grad_accumulation}):",
               table([*shape_params(spec), *(f"videos_per_batch={v}" for v in lanes)],
                     [[*key, *(cost.longest(plan.budget_bytes, max(v // workers // k, 1)) for v in lanes)]
-                     for key, cost in sorted(plan.shapes.items())]).rstrip("\n")]
+                     for key, cost in sorted(plan.shapes.items(), key=lambda kv: _order(kv[0]))]
+                    ).rstrip("\n")]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The checks that relate sections of a study, and those that need this machine: the dataset's
-videos and instruments, the backbones' structure and supported norms, a local weights file.
+videos and instruments, the backbones' structure and supported norms, a local weights file,
+pretrained weights (a level that would discard them; whether this machine can have them).
 
 Each check reads only sections that validated (`valid`), so a broken section is reported once,
 by its own checks, and never through a misleading default. The backbone and data facts come
@@ -64,13 +65,125 @@ def study_problems(spec: StudySpec, raw: dict, valid: dict[str, bool], p: Proble
     if valid["model"] and spec.model.weights and "backbone" in space.param_values():
         p.add("model.weights", spec.model.weights, "is one backbone's weights file; a study that "
               "ablates the backbone cannot load it into every level")
+    mode_problems(spec, valid, p)
     given = isinstance(raw.get("model"), dict) and "temporal_head" in raw["model"]
     if valid["model"] and given:  # options for some heads only: the others would not compare fairly
         listed = [h.type for h in spec.model.temporal_head]
         for where, head in space.param_levels("temporal_head"):
-            if head not in listed:
+            if head is not None and head not in listed:  # None: a frame_only level's
                 p.add(f"{_FACTORS}.{where}", head, f"has no options in model.temporal_head (which "
                       f"lists {', '.join(listed)}): add {{type: {head}, ...}} there")
+    if valid["model"] and valid["task"]:  # head options that suit some tasks only
+        listed = given and isinstance(raw["model"]["temporal_head"], list)
+        for i, head in enumerate(spec.model.temporal_head):
+            for q in getattr(head, "task_problems", lambda task: [])(spec.task.name):
+                p.add(f"model.temporal_head{f'[{i}]' if listed else ''}.{q.path}", q.value, q.why)
+    optimization_problems(spec, valid, p)
+
+
+def optimization_problems(spec: StudySpec, valid: dict[str, bool], p: Problems) -> None:
+    """What the optimization options rule out as meaningless: SGD's momentum swept or sampled
+    where no trial it reaches trains with SGD, class weights for a task without phase classes."""
+    space = spec.search_space
+    met: dict[str, tuple[Any, set]] = {}  # a momentum level's field -> (value, optimizers it meets)
+    optimizers: set = set()
+    for c in _combinations(spec, "optimizer", "momentum"):
+        where, momentum = c["momentum"]
+        optimizers.add(c["optimizer"][1])
+        if where:
+            met.setdefault(where, (momentum, set()))[1].add(c["optimizer"][1])
+    plain = f"{_FACTORS}.momentum"
+    if any(w.startswith(plain + "[") and "sgd" not in used for w, (_, used) in met.items()):
+        # a plain factor meets the same optimizers with every level: one problem for it
+        levels = [m for w, (m, _) in met.items() if w.startswith(plain + "[")]
+        met = {plain: (levels, optimizers), **{w: v for w, v in met.items() if not w.startswith(plain)}}
+    for where, (momentum, used) in met.items():
+        if "sgd" not in used:
+            p.add(where, momentum, f"is SGD's momentum, but the trials it reaches train with "
+                  f"{', '.join(sorted(used))}: add sgd to search_space.factors.optimizer (or pair "
+                  "it in a linked level), or drop momentum")
+    if "sgd" not in optimizers and any(n == "momentum" for n, _ in space.nuisance):
+        p.add("search_space.nuisance.momentum", "momentum", "is SGD's momentum; no trial of this "
+              "study trains with optimizer sgd (search_space.factors.optimizer): drop it")
+    if valid["task"] and spec.task.name != "phase":
+        for where, weighting in space.param_levels("class_weights"):
+            if weighting != "none":
+                p.add(f"{_FACTORS}.{where}", weighting, f"weighs phase classes; task "
+                      f"{spec.task.name} has none (its three classes are set by the horizon, and "
+                      "its loss also regresses minutes): class weights apply to task phase only")
+
+
+def _default(spec: StudySpec, param: str) -> Any:
+    """A parameter's default, or None where the section that gives it did not validate (an
+    empty `model.temporal_head`: reported by its own check)."""
+    try:
+        return spec.param_default(param)
+    except (IndexError, AttributeError):
+        return None
+
+
+def _combinations(spec: StudySpec, *keys: str) -> Iterator[dict[str, tuple[str, Any]]]:
+    """Every combination of the trial parameters `keys` a trial can get, each value with the
+    field that set it (a grid crosses factors; a linked factor's levels stay together);
+    parameters no factor sets have their default (field None)."""
+    space = spec.search_space
+    linked = space.linked
+    axes = []
+    for name, levels in space.factors:
+        params = linked.get(name, (name,))
+        if levels and any(k in params for k in keys):
+            axes.append([{q: (f"{_FACTORS}.{name}[{i}]" + (f".{q}" if name in linked else ""),
+                              level[q] if name in linked else level)
+                          for q in params if q in keys} for i, level in enumerate(levels)])
+    defaults = {k: _default(spec, k) for k in keys}
+    for parts in itertools.product(*axes):
+        config = {k: (None, defaults[k]) for k in keys}
+        for part in parts:
+            config.update(part)
+        yield config
+
+
+def mode_problems(spec: StudySpec, valid: dict[str, bool], p: Problems) -> None:
+    """What the training modes (`pitfalls.config.modes`) rule out."""
+    from pitfalls.config.modes import MODES
+
+    combos = list(_combinations(spec, "training", "carry_hidden", "temporal_head"))
+    heads_of_frame_only: dict[str, set] = {}
+    for c in combos:
+        (where, mode), (carry_where, carry) = c["training"], c["carry_hidden"]
+        if mode not in MODES:
+            continue  # reported by the level check
+        if MODES[mode].frame_batches and carry:
+            p.add(carry_where or "search_space.factors.carry_hidden", carry,
+                  f"carries a temporal head's state across a video's chunks, in end-to-end "
+                  f"training; training {mode} trains its CNN on single frames (remove this "
+                  "combination, e.g. with a linked factor)")
+        if mode == "two_stage" and valid["resources"] and spec.resources.workers > 1:
+            p.add(where or "search_space.factors.training", mode,
+                  f"runs in one process (stage 2 trains the head on stored features); "
+                  f"resources.workers is {spec.resources.workers}: use 1")
+        if not MODES[mode].temporal_head:
+            head_where, head = c["temporal_head"]
+            same_level = (head_where and where and where.endswith("].training")
+                          and head_where == where.removesuffix("training") + "temporal_head")
+            if same_level and head is not None:
+                p.add(head_where, head, f"training {mode} trains no temporal head: set "
+                      "temporal_head: null in this level")
+            elif head_where:
+                heads_of_frame_only.setdefault(where or "search_space.factors.training", set()).add(head)
+    for where, heads in heads_of_frame_only.items():
+        if len(heads) > 1:
+            p.add(where, "frame_only", f"trains no temporal head: crossed with temporal_head's "
+                  f"{len(heads)} levels it would run the same trial {len(heads)} times; pair modes "
+                  "and heads in a linked factor instead, e.g. pipeline: [{training: end_to_end, "
+                  "temporal_head: lstm}, {training: frame_only}]")
+    budget = spec.budget
+    if valid["budget"] and (budget.cnn_epochs or budget.cnn_steps_per_epoch) and not any(
+            c["training"][1] == "two_stage" for c in combos):
+        field = "cnn_epochs" if budget.cnn_epochs else "cnn_steps_per_epoch"
+        p.add(f"budget.{field}", getattr(budget, field),
+              "is the budget of a two-stage trial's first stage; no trial of this study trains "
+              "two_stage (search_space.factors.training)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,9 +231,27 @@ def _model_configs(spec: StudySpec) -> Iterator[dict[str, tuple[str, Any]]]:
         yield config
 
 
-def _backbone_problems(spec: StudySpec, p: Problems) -> None:
+def _kept_norm_problem(info, norm) -> str | None:
+    """Why `norm` cannot start from `info`'s pretrained weights: it replaces their norm layers
+    by another kind (their statistics and affine would be lost)."""
+    from pitfalls.models.norms import keeping
+
+    kept = keeping(info.norm_kinds)
+    if norm in kept or norm not in info.norms:  # an unsupported norm is reported as such
+        return None
+    valid = [n for n in info.norms if n in kept]
+    return (f"replaces the {'/'.join(info.norm_kinds)} norm layers of {info.name}'s pretrained "
+            f"weights by {norm} ones, losing their weights; valid for these weights: "
+            f"{', '.join(valid) or 'none'} (or set model.reinit_replaced_norms: true to start the "
+            "replaced layers from scratch, or pair each norm with a backbone pretrained with it "
+            "in a linked factor)")
+
+
+def _backbone_problems(spec: StudySpec, p: Problems, check_weights: bool) -> None:
     from pitfalls.models.backbone import backbone_info
 
+    model = spec.model
+    sources: dict = {}  # where timm gets each backbone's weights -> the field naming it first
     for config in _model_configs(spec):
         where, name = config["backbone"]
         info = backbone_info(name)
@@ -130,6 +261,25 @@ def _backbone_problems(spec: StudySpec, p: Problems) -> None:
         for param, check in BACKBONE_CHECKS.items():
             if param in config and (why := check(info, config[param][1])):
                 p.add(config[param][0], config[param][1], why)
+        if not model.pretrained:
+            continue
+        if info.source is None:
+            p.add(where, name, "has no pretrained weights in timm (model.pretrained: true); "
+                  "choose a model that has, or set pretrained: false")
+            continue
+        sources.setdefault(info.source, (where, name))
+        if not model.reinit_replaced_norms and "norm" in config \
+                and (why := _kept_norm_problem(info, config["norm"][1])):
+            p.add(config["norm"][0], config["norm"][1], why)
+    if check_weights and sources:
+        from pitfalls.models.pretrained import unavailable
+
+        for source, why in unavailable(sources).items():
+            where, name = next(v for s, v in sources.items() if s.name == source)
+            p.add(where, name, f"needs pretrained weights {source} ({why}): copy a Hugging Face "
+                  f"cache that has them here, or make synthetic stand-ins (not ImageNet weights) "
+                  f"with `pitfalls pretrain-standin {source} --hf-home DIR`; "
+                  "`pitfalls validate --skip-weights` checks the rest")
 
 
 def _data_problems(spec: StudySpec, p: Problems) -> None:
@@ -173,11 +323,12 @@ def _data_problems(spec: StudySpec, p: Problems) -> None:
 
 
 def environment_problems(spec: StudySpec, valid: dict[str, bool], p: Problems,
-                         check_data: bool = True) -> None:
-    """Checks against this machine: the weights file, the backbones, the data."""
+                         check_data: bool = True, check_weights: bool = True) -> None:
+    """Checks against this machine: the weights file, the backbones, their pretrained weights
+    (unless `check_weights` is false), the data."""
     if valid["model"] and spec.model.weights is not None and not Path(spec.model.weights).is_file():
-        p.add("model.weights", spec.model.weights, "is not an existing local file (nothing is downloaded)")
+        p.add("model.weights", spec.model.weights, "is not an existing local file")
     if valid["model"]:
-        _backbone_problems(spec, p)
+        _backbone_problems(spec, p, check_weights)
     if check_data and valid["dataset"] and valid["task"]:
         _data_problems(spec, p)

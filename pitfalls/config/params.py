@@ -12,8 +12,8 @@ Roles:
 - optional: a factor if the study sweeps it, else its default;
 - nuisance: sampled by Optuna; a grid study trains every arm at its default (also a factor);
 - seed: one trial per seed (grid) or the study's one seed (Optuna).
-Targets: `model` (the model builder), `sampler` (which frames a batch holds), `optimizer`,
-`loop` (the training loop itself).
+Targets: `model` (the model builder), `sampler` (which frames a batch holds), `optimizer`
+(`pitfalls.train.optim.make_optimizer`), `loop` (the training loop itself).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Annotated, Any, get_args
 
+from pitfalls.config.modes import MODE_NAMES
 from pitfalls.fields import Bool, Float, Int, Text, field_types, marker, one_of
 from pitfalls.models.heads import HEAD_NAMES
 from pitfalls.models.norms import NORM_NAMES
@@ -67,16 +68,31 @@ class TrialParams:
     # not swept, evaluation.precise_bn_batches alone decides (see `study_precise_bn_batches`)
     precise_bn: Annotated[bool, Bool()] = param(OPTIONAL, "loop", False, record_fixed=False,
                                                 doc="PreciseBN statistics vs the EMA")
-    lr: Annotated[float, Float(gt=0)] = param(NUISANCE, "optimizer", 1e-3, doc="AdamW learning rate")
+    lr: Annotated[float, Float(gt=0)] = param(NUISANCE, "optimizer", 1e-3, doc="learning rate")
     weight_decay: Annotated[float, Float(ge=0)] = param(NUISANCE, "optimizer", 1e-4,
-                                                        doc="AdamW weight decay")
+                                                        doc="weight decay (AdamW's, or SGD's L2)")
     seed: Annotated[int, Int(ge=0)] = param(SEED, "loop", doc="initialization and data order")
     # None: the study's `model.backbone` / the type of its first `model.temporal_head`
     backbone: Annotated[str, Text(what="a timm model name")] = param(
         OPTIONAL, "model", None, study_default="model.backbone", doc="timm model of the CNN")
     temporal_head: Annotated[str, one_of(*HEAD_NAMES, what="temporal head")] = param(
         OPTIONAL, "model", None, study_default="model.default_head",
-        doc="temporal head type (its options: model.temporal_head)")
+        doc="temporal head type (its options: model.temporal_head); none under frame_only")
+    training: Annotated[str, one_of(*MODE_NAMES, what="training mode")] = param(
+        OPTIONAL, "loop", "end_to_end", upgrade="end_to_end",
+        doc="end_to_end, or a baseline: frame_only, two_stage (pitfalls.config.modes)")
+    # The seeds' optimization details (used in pitfalls.train.optim and pitfalls.train.tasks).
+    # Results written before they existed trained AdamW, unweighted, unclipped: their upgrades.
+    optimizer: Annotated[str, one_of("adamw", "sgd", what="optimizer")] = param(
+        OPTIONAL, "optimizer", "adamw", upgrade="adamw", doc="adamw, or sgd (Nesterov momentum)")
+    momentum: Annotated[float, Float(ge=0, lt=1)] = param(
+        NUISANCE, "optimizer", 0.9, doc="SGD's momentum (optimizer sgd only; 0: plain SGD)")
+    agc_clip: Annotated[float, Float(ge=0)] = param(
+        NUISANCE, "optimizer", 0.0, upgrade=0.0,
+        doc="adaptive gradient clipping factor of the backbone (timm's AGC); 0: off")
+    class_weights: Annotated[str, one_of("none", "median_frequency", what="class weighting")] = param(
+        OPTIONAL, "loop", "none", upgrade="none",
+        doc="phase cross-entropy weighted by median frequency of the training split, or not")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialParams":

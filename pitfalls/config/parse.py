@@ -292,7 +292,8 @@ def _linked_levels(levels: list[dict], path: str, p: Problems) -> tuple[list[dic
         if set(level) != set(params):
             p.add(lpath, level, f"must set the same parameters as every level: {', '.join(params)}")
             continue
-        ok = all([_check(q, level[q], f"{lpath}.{q}", p) for q in params])  # noqa: C419 - check all
+        ok = all([_check(q, level[q], f"{lpath}.{q}", p) for q in params  # noqa: C419 - check all
+                  if not _no_head(q, level)])
         key = repr([level[q] for q in params])
         if key in seen:
             p.add(lpath, level, "repeats an earlier level")
@@ -301,6 +302,15 @@ def _linked_levels(levels: list[dict], path: str, p: Problems) -> tuple[list[dic
         if ok:
             good.append({q: level[q] for q in params})
     return good, params
+
+
+def _no_head(param: str, level: dict) -> bool:
+    """`temporal_head: null` in a linked level whose training mode trains none (frame_only)."""
+    from pitfalls.config.modes import MODES
+
+    mode = MODES.get(level.get("training")) if isinstance(level.get("training"), str) else None
+    return param == "temporal_head" and level[param] is None and mode is not None \
+        and not mode.temporal_head
 
 
 def parse_search_space(raw: Any, name: str, p: Problems, path: str = "search_space") -> SearchSpace:
@@ -410,12 +420,13 @@ def _load_search_space_file(ref: str, base_dir: Path | None, dirs: Iterable[Path
 
 def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None,
                 search_space_dirs: Iterable[Path] = (), check_environment: bool = True,
-                check_data: bool = True) -> StudySpec:
+                check_data: bool = True, check_weights: bool = True) -> StudySpec:
     """Validate a study mapping; raise one `StudyError` listing every problem.
 
     `check_environment=False` skips the checks that need this machine (local weights file,
     backbone structure, data lengths): used to re-read a study directory's resolved study.
-    `check_data=False` skips only reading the dataset.
+    `check_data=False` skips only reading the dataset; `check_weights=False` only whether this
+    machine can have the pretrained weights (`model.pretrained`).
     """
     from pitfalls.config.checks import environment_problems, study_problems
 
@@ -467,7 +478,7 @@ def parse_study(raw: Any, *, source: str = "study", base_dir: Path | None = None
                      seeds=seeds, metric=metric, search_space=space, **sections)
     study_problems(spec, raw, valid, p)
     if check_environment:  # runs even after other problems, so one error lists them all
-        environment_problems(spec, valid, p, check_data)
+        environment_problems(spec, valid, p, check_data, check_weights)
     if p:
         raise StudyError(source, p.items)
     return spec
@@ -490,16 +501,17 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_study(path: str | Path, search_space_dirs: Iterable[Path] = (),
-               check_data: bool = True) -> StudySpec:
+               check_data: bool = True, check_weights: bool = True) -> StudySpec:
     """Read and validate a study YAML file (search spaces resolved next to it or in ./search_spaces).
 
     `check_data=False` skips reading the dataset (`pitfalls plan` of a study whose data lives
-    on the cluster)."""
+    on the cluster); `check_weights=False` whether the pretrained weights can be had here."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(str(path), [f"study file: {str(path)!r} does not exist"])
     return parse_study(read_yaml(path), source=str(path), base_dir=path.resolve().parent,
-                       search_space_dirs=search_space_dirs, check_data=check_data)
+                       search_space_dirs=search_space_dirs, check_data=check_data,
+                       check_weights=check_weights)
 
 
 def load_search_space(path: str | Path) -> SearchSpace:

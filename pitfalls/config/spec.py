@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Annotated, Any
 
 from pitfalls.config.metrics import TASKS, selection_metric
+from pitfalls.config.modes import MODES
 from pitfalls.config.params import ABLATABLE, DEFAULTS, NUISANCE_DEFAULTS, PARAMS, STUDY_DEFAULTS, TrialParams
 from pitfalls.data.load import DATASETS, DatasetSpec
 from pitfalls.fields import FORBID_EXTRA, Bool, Float, Int, ListOf, Problem, Tagged, Text, Texts, one_of
@@ -84,12 +85,21 @@ class PerformanceSpec:
 class ModelSpec:
     """The model of every trial, and the defaults of the model parameters a study may sweep
     (`backbone`, `temporal_head`). `temporal_head` lists the options of each head type the
-    study uses (a single mapping for one head); the first is the default head."""
+    study uses (a single mapping for one head); the first is the default head.
+
+    `pretrained`: each trial's backbone starts from the weights timm names for it (a tag in the
+    name, `resnet50.a1_in1k`, or timm's default), through the Hugging Face cache; inputs are
+    normalized with their mean/std. A norm level that replaces the weights' norm layers by
+    another kind is refused unless `reinit_replaced_norms` (they then start from scratch).
+    `weights`: a local state_dict file instead (inputs and norm conversion as with random
+    weights: no input normalization, norms converted carrying their state where shapes agree)."""
 
     __pydantic_config__ = FORBID_EXTRA
 
     backbone: Annotated[str, Text(what="a timm model name")] = "test_resnet"
-    weights: Annotated[str | None, Text(optional=True)] = None  # local state_dict file; nothing is ever downloaded
+    weights: Annotated[str | None, Text(optional=True)] = None  # local state_dict file
+    pretrained: Annotated[bool, Bool()] = False  # timm's pretrained weights (docs/norms.md)
+    reinit_replaced_norms: Annotated[bool, Bool()] = False
     temporal_head: Annotated[tuple, Tagged("type", tuple(HEADS.values()), many=True)] = (LSTMHead(),)
     group_norm_groups: Annotated[int, Int(ge=1)] = 8
     whitening_group_size: Annotated[int, Int(ge=1)] = 16  # channels whitened together by iternorm / swbn / dbn
@@ -105,6 +115,12 @@ class ModelSpec:
     def problems(self) -> list[Problem]:
         seen: list[str] = []
         out = []
+        if self.pretrained and self.weights is not None:
+            out.append(Problem("weights", self.weights, "and pretrained: true both give the "
+                               "backbone's weights; use one", uses=("weights", "pretrained")))
+        if self.reinit_replaced_norms and not self.pretrained:
+            out.append(Problem("reinit_replaced_norms", True, "applies to pretrained weights "
+                               "only (pretrained: true)", uses=("reinit_replaced_norms", "pretrained")))
         for i, head in enumerate(self.temporal_head):
             if head.type in seen:
                 out.append(Problem(f"temporal_head[{i}].type", head.type,
@@ -115,10 +131,28 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class BudgetSpec:
+    """Training steps per trial. `epochs` x `steps_per_epoch` is an end-to-end or frame-only
+    trial's budget and a two-stage trial's stage 2 (the temporal head on stored features);
+    `cnn_epochs` x `cnn_steps_per_epoch` is a two-stage trial's stage 1 (the CNN frame-wise),
+    `epochs` and `steps_per_epoch` when not given."""
+
     __pydantic_config__ = FORBID_EXTRA
 
     epochs: Annotated[int, Int(ge=1)] = 2
     steps_per_epoch: Annotated[int, Int(ge=1)] = 10
+    cnn_epochs: Annotated[int | None, Int(ge=1, optional=True)] = None
+    cnn_steps_per_epoch: Annotated[int | None, Int(ge=1, optional=True)] = None
+
+    def stages(self, training: str) -> tuple[tuple[int, int], ...]:
+        """(epochs, steps per epoch) of each stage of a trial in training mode `training`."""
+        if training == "two_stage":
+            return ((self.cnn_epochs or self.epochs, self.cnn_steps_per_epoch or self.steps_per_epoch),
+                    (self.epochs, self.steps_per_epoch))
+        return ((self.epochs, self.steps_per_epoch),)
+
+    def total_epochs(self, training: str) -> int:
+        """Epochs a trial reports (a two-stage trial numbers stage 2's after stage 1's)."""
+        return sum(e for e, _ in self.stages(training))
 
 
 @dataclass(frozen=True)
@@ -361,6 +395,8 @@ class StudySpec:
             "model": {
                 "backbone": self.model.backbone,
                 "weights": self.model.weights,
+                "pretrained": self.model.pretrained,
+                "reinit_replaced_norms": self.model.reinit_replaced_norms,
                 "temporal_head": heads[0] if len(heads) == 1 else heads,
                 "group_norm_groups": self.model.group_norm_groups,
                 "whitening_group_size": self.model.whitening_group_size,
@@ -411,8 +447,15 @@ class TrialConfig:
     def __post_init__(self) -> None:
         unset = {n: self.study.param_default(n) for n in STUDY_DEFAULTS
                  if getattr(self.params, n) is None}
+        if not MODES[self.params.training].temporal_head:  # frame_only: no temporal head at all
+            unset["temporal_head"] = None
         if unset:
             object.__setattr__(self, "params", replace(self.params, **unset))
+
+    @property
+    def epochs(self) -> int:
+        """The epochs this trial reports (both stages of a two-stage trial)."""
+        return self.study.budget.total_epochs(self.params.training)
 
 
 def study_precise_bn_batches(study: StudySpec, precise_bn: bool) -> int:

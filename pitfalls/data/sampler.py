@@ -8,8 +8,10 @@
   own video in consecutive chunks of `seq_len`; the training loop carries each lane's LSTM state
   (detached) from one chunk to the next and resets it where a lane starts a new video. Lanes
   always hold distinct videos.
+- `FrameSampler` (frame_only, stage 1 of two_stage): single frames across all videos.
+- `VideoSampler` (stage 2 of two_stage): whole videos, for a head on stored features.
 Evaluation needs no sampler: whole videos in order, the state carried (see `train.loop`).
-Both samplers draw from their own `numpy` Generator; `state_dict()` captures everything needed
+Every sampler draws from its own `numpy` Generator; `state_dict()` captures everything needed
 to continue the exact same stream after a restart, in plain form (numbers, strings, lists and
 dicts: the bit generator's state with its arrays as lists), so a checkpoint holding it loads with
 `torch.load(weights_only=True)`; `load_state_dict()` sets it back.
@@ -127,3 +129,51 @@ class CarriedSampler:
         set_rng_state(self.rng, state["rng"])
         self._lanes = [[int(v), int(s)] for v, s in state["lanes"]]
         self._queue = [int(v) for v in state["queue"]]
+
+
+@dataclass
+class FrameSampler:
+    """Single frames drawn across all training videos (`frame_only`, a two-stage trial's first
+    stage): each batch holds `frames` distinct frames, uniform over every frame of every video,
+    so BatchNorm sees diverse batches. Picks are (video, frame) with sequences of one frame."""
+
+    lengths: list[int]
+    frames: int
+    rng: np.random.Generator
+
+    def __post_init__(self) -> None:
+        self._starts = np.cumsum([0, *self.lengths])
+        if self.frames > self._starts[-1]:
+            raise ValueError(f"{self.frames} frames per batch, but the training videos hold "
+                             f"{self._starts[-1]}")
+
+    def sample(self) -> list[tuple[int, int]]:
+        flat = self.rng.choice(int(self._starts[-1]), size=self.frames, replace=False)
+        videos = np.searchsorted(self._starts, flat, side="right") - 1
+        return [(int(v), int(f - self._starts[v])) for v, f in zip(videos, flat)]
+
+    def state_dict(self) -> dict:
+        return {"rng": rng_state(self.rng)}
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_state(self.rng, state["rng"])
+
+
+@dataclass
+class VideoSampler:
+    """Whole videos (a two-stage trial's second stage): `videos_per_batch` distinct training
+    videos per step, each taken whole."""
+
+    num_videos: int
+    videos_per_batch: int
+    rng: np.random.Generator
+
+    def sample(self) -> list[int]:
+        return [int(v) for v in self.rng.choice(self.num_videos, size=self.videos_per_batch,
+                                                 replace=False)]
+
+    def state_dict(self) -> dict:
+        return {"rng": rng_state(self.rng)}
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_state(self.rng, state["rng"])

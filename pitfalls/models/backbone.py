@@ -1,13 +1,16 @@
-"""timm backbones: creation (never downloading), structure, stage freezing, and the support table.
+"""timm backbones: creation (pretrained weights through timm), structure, stage freezing, and the
+support table.
 
 Stages come from timm's `group_matcher(coarse=True)`: group 0 is the stem, then one group per
 stage; a model's head/neck modules that match neither (e.g. ConvNeXt's head norm) are not a
 stage. `frozen_stages = k` freezes the stem and the first k stages.
 
 What validation asks (`backbone_info`: is it a timm model, of a supported family, how many
-stages, which norms) is answered from `backbones.json` without importing torch or timm; the
-table lists every timm model of the pinned version. torch and timm are imported when a backbone
-is built or a name is missing from the table.
+stages, which norms, which norm kinds its layers are, which pretrained tags it has and where timm
+gets them) is answered from `backbones.json` without importing torch or timm; the table lists
+every timm model of the pinned version. torch and timm are imported when a backbone is built or
+a name is missing from the table. A name may carry a timm pretrained tag (`resnet50.a1_in1k`);
+without one, timm's default tag applies.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitfalls.fileio import atomic_write
-from pitfalls.models.norms import NORM_NAMES, convert_norms, stray_norms
+from pitfalls.models.norms import NORM_NAMES, convert_norms, norm_kinds, stray_norms
+from pitfalls.models.pretrained import WeightsSource
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,6 +55,21 @@ class BackboneInfo:
     num_features: int = 0
     norms: tuple[str, ...] = field(default=())  # norms supported for this family
     error: str = ""
+    norm_kinds: tuple[str, ...] = ()  # kinds of its norm layers as timm builds it (`norms.norm_kind`)
+    weights: tuple[WeightsSource, ...] = ()  # its pretrained tags in timm, the default first
+    tag: str = ""  # the pretrained tag `name` carries ("": timm's default)
+
+    @property
+    def source(self) -> WeightsSource | None:
+        """Where timm gets the weights `name` names (its tag, else the default), or None."""
+        want = f"{split_name(self.name)[0]}.{self.tag}" if self.tag else None
+        return next((w for w in self.weights if want in (None, w.name)), None)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """`resnet50.a1_in1k` -> ("resnet50", "a1_in1k"); no tag -> (name, "") (timm's convention)."""
+    arch, _, tag = name.partition(".")
+    return arch, tag
 
 
 def _create_kwargs(family: str, norm: str | None) -> dict:
@@ -60,19 +79,43 @@ def _create_kwargs(family: str, norm: str | None) -> dict:
     return {"conv_mlp": True} if family == "ConvNeXt" and norm is not None else {}
 
 
-def create_backbone(name: str, weights: str | None = None, norm: str | None = None) -> nn.Module:
-    """A timm feature extractor (pooled features, no classifier); `weights` is a local file."""
+def create_backbone(name: str, weights: str | None = None, norm: str | None = None, *,
+                    pretrained: bool = False) -> nn.Module:
+    """A timm feature extractor (pooled features, no classifier); `weights` is a local file,
+    `pretrained` loads the weights timm names for `name` (its tag, else timm's default) through
+    `timm.create_model(pretrained=True)`: the Hugging Face cache, HF_HOME, HF_HUB_OFFLINE and
+    mirrors apply. The model's `pretrained_cfg` (mean, std, ...) is timm's for that tag."""
     import timm
     import torch
 
     family = backbone_info(name).family
-    model = timm.create_model(name, pretrained=False, num_classes=0, **_create_kwargs(family, norm))
+    kwargs = _create_kwargs(family, norm)
+    if pretrained:
+        model = timm.create_model(name, pretrained=True, num_classes=0)
+        return _rebuilt(model, name, kwargs) if kwargs else model
+    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     if weights:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         missing, _ = model.load_state_dict(state, strict=False)
         if missing:
             raise ValueError(f"weights {weights!r} lack {len(missing)} tensors of {name}, e.g. {missing[:3]}")
     return model
+
+
+def _rebuilt(model: nn.Module, name: str, kwargs: dict) -> nn.Module:
+    """`model`'s weights in the same model built with `kwargs` (ConvNeXt's conv_mlp: its MLP's
+    Linear weights become the 1x1 convolutions' by a reshape; timm's own loader does not do
+    this for timm-format checkpoints). Every tensor must find its place."""
+    import timm
+
+    target = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    want = target.state_dict()
+    state = model.state_dict()
+    if set(state) != set(want):
+        raise ValueError(f"{name} built with {kwargs} has other tensors than its pretrained "
+                         f"weights: {sorted(set(state) ^ set(want))[:3]}")
+    target.load_state_dict({k: v.reshape(want[k].shape) for k, v in state.items()})
+    return target
 
 
 def feature_dim(model: nn.Module) -> int:
@@ -138,18 +181,34 @@ def family_support() -> dict[str, tuple[str, ...]]:
 
 @lru_cache(maxsize=64)
 def backbone_info(name: str) -> BackboneInfo:
-    """Family, stage count and supported norms of a timm model: from the table, else inspected."""
+    """Family, stage count, supported norms, norm kinds and pretrained tags of a timm model
+    (`name` may carry a tag): from the table, else inspected."""
+    arch, tag = split_name(name)
     table = _table()
-    known = table.get("models", {}).get(name)
+    known = table.get("models", {}).get(arch)
     if known:
-        info = BackboneInfo(name, **known)
-    elif table and table.get("other_models", {}).get(name) not in FAMILY_EXAMPLES:
+        info = _from_table(arch, known)
+    elif table and table.get("other_models", {}).get(arch) not in FAMILY_EXAMPLES:
         # the table lists every model of this timm version: refused without importing timm
-        info = _unsupported(name, table.get("other_models", {}).get(name),
+        info = _unsupported(arch, table.get("other_models", {}).get(arch),
                             [*table.get("models", {}), *table.get("other_models", {})])
     else:  # no table for this timm, or a supported family outside TABLE_MODULES (res2net, ...)
-        info = inspect_backbone(name)
-    return info if info.error else replace(info, norms=family_support().get(info.family, ()))
+        info = inspect_backbone(arch)
+    info = replace(info, name=name, tag=tag)
+    if info.error:
+        return info
+    if tag and info.source is None:
+        tags = [split_name(w.name)[1] for w in info.weights]
+        return replace(info, error=f"has no pretrained tag {tag!r} in timm {version('timm')}; "
+                       + (f"valid tags: {', '.join(tags)}" if tags else f"{arch} has no pretrained weights"))
+    return replace(info, norms=family_support().get(info.family, ()))
+
+
+def _from_table(arch: str, entry: dict) -> BackboneInfo:
+    weights = tuple(WeightsSource(f"{arch}.{tag}", w["hf_hub_id"], tuple(w["files"]))
+                    for tag, w in entry.get("weights", {}).items())
+    return BackboneInfo(arch, entry["family"], entry["num_stages"], entry["num_features"],
+                        norm_kinds=tuple(entry.get("norm_kinds", ())), weights=weights)
 
 
 def _unsupported(name: str, family: str | None, names: list[str]) -> BackboneInfo:
@@ -182,11 +241,35 @@ def inspect_backbone(name: str) -> BackboneInfo:
         return _unsupported(name, None, timm.list_models())
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=0)
-    family = type(model).__name__
-    if family not in FAMILY_EXAMPLES:
-        return _unsupported(name, family, [])
+        family = type(model).__name__
+        if family not in FAMILY_EXAMPLES:
+            return _unsupported(name, family, [])
+        kwargs = _create_kwargs(family, "")  # built as a trial builds it (ConvNeXt: conv_mlp)
+        built = timm.create_model(name, pretrained=False, num_classes=0, **kwargs) if kwargs else model
     return BackboneInfo(name, family, num_stages=len(stage_groups(model)) - 1,
-                        num_features=feature_dim(model))
+                        num_features=feature_dim(model), norm_kinds=norm_kinds(built),
+                        weights=_weights_sources(name))
+
+
+def _weights_sources(arch: str) -> tuple[WeightsSource, ...]:
+    """timm's pretrained tags of `arch` that come from the Hugging Face Hub, the default first,
+    with the files timm's loader tries there in its order (timm 1.0.31 has no tag elsewhere
+    for these families)."""
+    from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg
+    from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+    default = get_pretrained_cfg(arch)
+    cfgs = sorted(get_arch_pretrained_cfgs(arch).items(),
+                  key=lambda kv: kv[0] != f"{arch}.{default.tag}" if default else False)
+    out = []
+    for full, cfg in cfgs:
+        if not cfg.hf_hub_id:
+            continue
+        filename = cfg.hf_hub_filename or HF_WEIGHTS_NAME
+        files = ((filename,) if filename.endswith(".safetensors")
+                 else (*_get_safe_alternatives(filename), filename))
+        out.append(WeightsSource(full, cfg.hf_hub_id, files))
+    return tuple(out)
 
 
 def _family(name: str) -> str:
@@ -239,7 +322,10 @@ def write_backbone_table(path: Path = TABLE_PATH) -> int:
         info = inspect_backbone(name) if name in candidates else None
         if info is not None and not info.error:
             models[name] = {"family": info.family, "num_stages": info.num_stages,
-                            "num_features": info.num_features}
+                            "num_features": info.num_features, "norm_kinds": list(info.norm_kinds),
+                            "weights": {split_name(w.name)[1]: {"hf_hub_id": w.hf_hub_id,
+                                                                "files": list(w.files)}
+                                        for w in info.weights}}
         else:  # validation names the family of a model it refuses, without importing timm
             others[name] = info.family if info is not None else _family(name)
     atomic_write(path, json.dumps({"timm_version": version("timm"), "families": families,

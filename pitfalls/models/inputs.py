@@ -1,6 +1,11 @@
 """Batches as the network takes them: the picked sequences stacked on the host, then uint8
-(..., H, W, 3) -> float (..., 3, H, W) on the device. The one conversion every path uses
-(training, evaluation, probes, the planner, benchmarks, the reproduction's pretraining)."""
+(..., H, W, 3) -> float (..., 3, H, W) in [-1, 1] on the device. The one conversion every path
+uses (training, evaluation, probes, the planner, benchmarks, the reproduction's pretraining).
+
+Pretrained weights expect their own input normalization (timm's `pretrained_cfg` mean and std
+of [0, 1] pixels): `InputNorm` maps [-1, 1] to it inside the model, on the device, so every
+path that runs the model gets it; a model without pretrained weights has none and computes
+exactly what it did before."""
 
 from __future__ import annotations
 
@@ -18,6 +23,26 @@ def to_input(frames: np.ndarray, device: torch.device) -> torch.Tensor:
         x = x.pin_memory()
     x = x.to(device, non_blocking=True)
     return x.movedim(-1, -3).float().div_(127.5).sub_(1.0)
+
+
+class InputNorm(torch.nn.Module):
+    """[-1, 1] inputs (`to_input`) -> (x01 - mean) / std per channel, as the pretrained weights
+    were trained (x01 = (x + 1) / 2), as one multiply-add. The buffers are not persistent: a
+    checkpoint holds the same tensors with or without it."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.mean, self.std = tuple(mean), tuple(std)
+        m = torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
+        self.register_buffer("scale", (0.5 / s).float(), persistent=False)
+        self.register_buffer("shift", ((0.5 - m) / s).float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x, self.scale)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}"
 
 
 def batch_arrays(videos, picks: list[tuple[int, int]], seq_len: int,

@@ -13,7 +13,9 @@ its layer, if torch and timm have none).
 `SyncBatchNorm`, timm's fused `BatchNormAct2d` / `GroupNormAct`, `nn.GroupNorm`, and timm's
 channels-first `LayerNorm2d` — with the chosen norm. A fused layer's dropout and activation are
 kept (the replacement is wrapped in `NormAct`). Where the new layer is BN-shaped it inherits the
-old affine and running statistics, so a converted pretrained model keeps what it learned.
+old affine and running statistics. With pretrained weights, each entry's `kind` says which
+pretrained norm layers it keeps (every BN variant keeps BN weights; `group` a GN model's,
+`layer` ConvNeXt's); layers of another kind start from scratch (`convert_norms(pretrained=True)`).
 
 Importing this module imports no torch (validation reads the registry); torch, timm and
 torchvision are imported when a norm is built or a model converted.
@@ -22,7 +24,7 @@ torchvision are imported when a norm is built or a model converted.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,6 +48,14 @@ class Norm:
     precise_bn: bool = False
     doc: str = ""
     same_as: Callable[["nn.Module"], bool] = lambda m: True  # narrows `layers` (instance)
+    # the pretrained normalization this level keeps (statistics and affine carried over); its
+    # own name unless given: every BN variant keeps BN weights
+    keeps: str = ""
+
+    @property
+    def kind(self) -> str:
+        """The kind of pretrained norm layers this level keeps (`keeps`, else its name)."""
+        return self.keeps or self.name
 
     def is_layer(self, module: "nn.Module") -> bool:
         """Is `module` a layer of this norm (what converting to it produced)?"""
@@ -101,11 +111,12 @@ _REGISTRY = [
          doc="BatchNorm: batch statistics in training, running statistics in eval"),
     Norm("batch_eval", lambda c, o: _layers().EvalModeBatchNorm2d(c),
          lambda: (_layers().EvalModeBatchNorm2d,), batch_dependent=False, running_stats=True,
+         keeps="batch",
          doc="BN that always uses its running statistics; the affine trains (the papers' --bn_off)"),
     Norm("frozen_batch", _frozen_batch, _frozen_bn_types, batch_dependent=False, running_stats=True,
-         doc="FrozenBN: fixed statistics and affine"),
+         keeps="batch", doc="FrozenBN: fixed statistics and affine"),
     Norm("sync_batch", lambda c, o: _nn().SyncBatchNorm(c), lambda: (_nn().SyncBatchNorm,),
-         batch_dependent=True, running_stats=True, precise_bn=True,
+         batch_dependent=True, running_stats=True, precise_bn=True, keeps="batch",
          doc="BN with statistics over all DDP workers (GPUs; one process: plain BN)"),
     Norm("group", _group_norm, lambda: (_nn().GroupNorm,), batch_dependent=False,
          running_stats=False, doc="GroupNorm"),
@@ -132,6 +143,13 @@ NORM_NAMES = tuple(NORMS)
 BATCH_DEPENDENT = frozenset(n.name for n in _REGISTRY if n.batch_dependent)
 
 
+def keeping(kinds: Iterable[str]) -> tuple[str, ...]:
+    """The norm levels that keep pretrained norm layers of all these kinds (`Norm.kind`): with
+    BN weights batch, batch_eval, frozen_batch, sync_batch; with none (norm-free) every level."""
+    kinds = set(kinds)
+    return tuple(n.name for n in _REGISTRY if kinds <= {n.kind})
+
+
 # ---------------------------------------------------------------------------------------------
 # Conversion (imports torch when called)
 # ---------------------------------------------------------------------------------------------
@@ -155,37 +173,83 @@ def _copy_state(src: "nn.Module", dst: "nn.Module") -> None:
     import torch
 
     with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var"):
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
             s, d = getattr(src, name, None), getattr(dst, name, None)
             if isinstance(s, torch.Tensor) and isinstance(d, torch.Tensor) and s.shape == d.shape:
                 d.copy_(s)
 
 
-def _replacement(module: "nn.Module", norm: str, options: NormOptions) -> "nn.Module":
+def _replacement(module: "nn.Module", norm: str, options: NormOptions,
+                 fresh: bool = False) -> "nn.Module":
+    """The `norm` layer replacing `module`: with its state where shapes agree, or `fresh`."""
     nn = _nn()
-    if norm == "frozen_batch" and isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+    if norm == "frozen_batch" and isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not fresh:
         # BN -> FrozenBN, BatchNormAct2d -> FrozenBatchNormAct2d
         return _timm_layers().freeze_batch_norm_2d(module)
     new = NORMS[norm].build(_channels(module), options)
-    _copy_state(module, new)
+    if not fresh:
+        _copy_state(module, new)
     if isinstance(getattr(module, "act", None), nn.Module):  # a fused norm + activation
         return _layers().NormAct(new, getattr(module, "drop", nn.Identity()), module.act)
     return new
 
 
-def convert_norms(module: "nn.Module", norm: str, options: NormOptions = NormOptions()) -> "nn.Module":
-    """Replace every channel norm under `module` with `norm`; returns the (new) module."""
+def _convert_layer(module: "nn.Module", norm: str, options: NormOptions,
+                   pretrained: bool) -> "nn.Module":
+    if norm == "batch" and NORMS["batch"].is_layer(module):
+        return module  # already exactly the target BN: converting would only lose its state
+    if pretrained:
+        kind = norm_kind(module)
+        if kind == norm:
+            return module  # the weights' own normalization (its groups, eps), kept as it is
+        if kind != NORMS[norm].kind:
+            return _replacement(module, norm, options, fresh=True)
+    return _replacement(module, norm, options)
+
+
+def convert_norms(module: "nn.Module", norm: str, options: NormOptions = NormOptions(), *,
+                  pretrained: bool = False) -> "nn.Module":
+    """Replace every channel norm under `module` with `norm`; returns the (new) module.
+
+    `pretrained`: the layers hold pretrained weights. A layer that already is `norm` is kept as
+    it is (e.g. resnet50_gn's 32 groups, whatever `options.groups` says); one of the kind `norm`
+    keeps is converted with its state (BN -> FrozenBN); any other kind starts from scratch (a
+    freshly initialized layer: another kind's affine means nothing here). Without it every layer
+    is converted, carrying state where shapes agree (random weights: as before pretrained
+    weights existed).
+    """
     if norm not in NORMS:
         raise ValueError(f"norm {norm!r} is unknown; valid choices: {', '.join(NORM_NAMES)}")
     if isinstance(module, _source_types()):
-        # already exactly the target BN: converting would only lose its state
-        return module if norm == "batch" and NORMS["batch"].is_layer(module) else _replacement(
-            module, norm, options)
+        return _convert_layer(module, norm, options, pretrained)
     for name, child in module.named_children():
-        new_child = convert_norms(child, norm, options)
+        new_child = convert_norms(child, norm, options, pretrained=pretrained)
         if new_child is not child:
             setattr(module, name, new_child)
     return module
+
+
+def norm_kind(module: "nn.Module") -> str | None:
+    """The kind of norm `module` is (`Norm.kind` of the first registry entry whose layer types
+    it is an instance of: timm's fused and subclassed layers included), or None."""
+    for n in _REGISTRY:
+        if isinstance(module, n.layers()) and n.same_as(module):
+            return n.kind
+    return None
+
+
+def norm_kinds(module: "nn.Module") -> tuple[str, ...]:
+    """The kinds of the channel norms a CNN holds (what its pretrained weights normalize with;
+    () for a norm-free net)."""
+    return tuple(sorted({norm_kind(m) for m in module.modules() if isinstance(m, _source_types())}))
+
+
+def replaced_norms(module: "nn.Module", norm: str) -> list[str]:
+    """Names of the channel norms that converting to `norm` replaces by another kind (the layers
+    whose pretrained state is lost: they start from scratch)."""
+    kind = NORMS[norm].kind
+    return [name for name, m in module.named_modules()
+            if isinstance(m, _source_types()) and norm_kind(m) != kind]
 
 
 def norm_layer_types() -> tuple[type, ...]:

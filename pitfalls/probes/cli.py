@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 from pitfalls.config import StudySpec, TrialConfig, TrialParams
-from pitfalls.models.heads import HEAD_NAMES
+from pitfalls.fields import field_types
+from pitfalls.models.heads import HEAD_NAMES, HEADS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,9 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=8)
     parser.add_argument("--videos-per-batch", type=int, default=2)
     parser.add_argument("--temporal-head", default="lstm", choices=HEAD_NAMES)
-    parser.add_argument("--hidden-size", type=int, default=64, help="units of the recurrent head")
+    parser.add_argument("--hidden-size", type=int, default=64,
+                        help="units of a recurrent head (lstm, gru); the tcn takes its defaults")
     parser.add_argument("--frame-size", type=int, default=64, help="synthetic frame size (pixels)")
     parser.add_argument("--weights", default=None, help="local state_dict of the backbone")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="timm's pretrained weights for --backbone (a tag in its name, else "
+                             "timm's default), from the Hugging Face cache")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -29,11 +34,14 @@ def trial_from_args(args: argparse.Namespace) -> TrialConfig:
     """The same validation as a study (one error listing every problem)."""
     from pitfalls.config import parse_study
 
+    head = {"type": args.temporal_head}
+    if "hidden_size" in field_types(HEADS[args.temporal_head]):
+        head["hidden_size"] = args.hidden_size
     study: StudySpec = parse_study({
         "name": "probe",
         "dataset": {"name": "synthetic", "options": {"frame_size": args.frame_size}},
-        "model": {"backbone": args.backbone, "weights": args.weights,
-                  "temporal_head": {"type": args.temporal_head, "hidden_size": args.hidden_size}},
+        "model": {"backbone": args.backbone, "weights": args.weights, "pretrained": args.pretrained,
+                  "temporal_head": head},
         "seeds": [args.seed],
         "search_space": {"factors": {
             "norm": [args.norm], "frozen_stages": [args.frozen_stages], "seq_len": [args.seq_len],
@@ -62,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                         head_options=study.model.head_options(p.temporal_head),
                         norm_options=NormOptions(study.model.group_norm_groups,
                                                  study.model.whitening_group_size),
-                        weights=study.model.weights)
+                        weights=study.model.weights, pretrained=study.model.pretrained)
     sampler = SequenceSampler([len(v) for v in train_videos], p.seq_len, max(p.videos_per_batch, 2),
                               np.random.default_rng(p.seed))
     cpu = torch.device("cpu")

@@ -9,13 +9,16 @@ import pyarrow as pa
 
 from pitfalls.config.metrics import LOWER_IS_BETTER, RESULT_METRICS, TEST_METRICS
 from pitfalls.config.params import PARAMS, TYPES
+from pitfalls.models.pretrained import REINIT_COUNT, REINIT_KEY
 from pitfalls.probes.registry import COLUMNS as PROBES
 
-# 6: test_* metrics and selected_epoch (the test split at the checkpoint selected on validation)
+# 8: reinit_norms and reinit_norm_layers (pretrained weights: the norm layers that started from
+# scratch); 7: the training mode (training) and the optimization options (optimizer, momentum, agc_clip,
+# class_weights); 6: test_* metrics and selected_epoch (the test split at the checkpoint selected on validation)
 # and the scoring protocols' val_ metrics; 5: backbone and temporal_head columns (they became
 # trial parameters); 4: the cheat gap (evaluation.cheat_gap) and precise_bn; 3: anticipation
 # metrics; 2: probe columns.
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "8"
 METRICS = RESULT_METRICS  # phase metrics, anticipation metrics (minutes), losses, the cheat gap
 _ARROW = {str: pa.string(), int: pa.int64(), bool: pa.bool_(), float: pa.float64()}
 PARAM_FIELDS = [pa.field(name, _ARROW[TYPES[name]]) for name in PARAMS]
@@ -32,6 +35,8 @@ SCHEMA = pa.schema(
         *[pa.field(f"curve_{m}", pa.list_(pa.float64())) for m in METRICS],
         *[pa.field(m, pa.int64() if m == "selected_epoch" else pa.float64()) for m in TEST_METRICS],
         *[pa.field(name, pa.float64()) for name in PROBES],
+        pa.field(REINIT_COUNT, pa.int64()),  # null: no pretrained weights loaded
+        pa.field(REINIT_KEY, pa.string()),  # their names, ", "-separated
         pa.field("duration_s", pa.float64()),
         pa.field("workers", pa.int64()),
     ],

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pitfalls.fileio import atomic_open, atomic_write
+from pitfalls.models.pretrained import REINIT_KEY, reinit_columns
 from pitfalls.results.schema import (
     LOWER_IS_BETTER,
     METRICS,
@@ -45,6 +46,8 @@ def trial_row(study: str, trial_id: str, params: dict, history: list[dict], *, s
         row[f"final_{m}"] = curve[-1] if curve else None
         row[f"best_{m}"] = (min(curve) if m in LOWER_IS_BETTER else max(curve)) if curve else None
     last = history[-1] if history else {}
+    # the CNN's epochs carry it (a two-stage trial's second stage trains no CNN)
+    row.update(reinit_columns(next((h[REINIT_KEY] for h in history if REINIT_KEY in h), None)))
     row.update({k: last.get(k) for k in PROBES})
     row.update({k: last.get(k) for k in TEST_METRICS})  # measured once, after the last epoch
     return row

@@ -70,7 +70,9 @@ class ConsoleProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         m = self.spec.metric.selection
-        self._line(trial, "RUNNING", f"epoch {result.get('epoch')}/{self.spec.budget.epochs} "
+        epochs = self.spec.budget.total_epochs(self.spec.trial_params(trial.config).training)
+        stage = f" (stage {result['stage']})" if "stage" in result else ""
+        self._line(trial, "RUNNING", f"epoch {result.get('epoch')}/{epochs}{stage} "
                                      f"{m}={result.get(m, float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):

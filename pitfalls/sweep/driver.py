@@ -136,10 +136,21 @@ def study_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+def _with_defaults(started: dict) -> dict:
+    """A study as it was resolved when it started, with the fields added since at their
+    defaults (so a field a newer version added is not a change of definition)."""
+    from pitfalls.config import StudyError, parse_study
+
+    try:
+        return parse_study(started, check_environment=False).to_dict()
+    except StudyError:
+        return started
+
+
 def _refuse_existing(spec: StudySpec, storage: StudyStorage) -> None:
     state = storage.local / STATE_FILE
     started = json.loads(state.read_text()).get("study") if state.exists() else None
-    changes = study_changes(started, spec.to_dict()) if started else []
+    changes = study_changes(_with_defaults(started), spec.to_dict()) if started else []
     where = storage.location
     how = f"resume it with `pitfalls resume {where}`"
     if changes:

@@ -21,8 +21,10 @@ from pitfalls.results.phases import PREDICTIONS_DIR
 from pitfalls.sweep.checkpoints import CheckpointStore
 from pitfalls.sweep.tracking import RunCache, StudyRun, TrialLogger, open_trial_run
 from pitfalls.train.checkpoint import epoch_of, history_of
+from pitfalls.train.features import DirectoryFeatures
 
 RUN_CACHE_FILE = "mlflow-run.json"
+FEATURES_DIR = "features"  # <study>/features/<trial id>/: two-stage trials' CNN features
 EPOCH_KEY = "train_loss"  # every epoch logs it: the run's steps of it are the epochs it has
 
 
@@ -44,8 +46,15 @@ class TrialContext:
         return RunCache(self.storage_fs, f"{self.checkpoint_root}/{trial_id}/{RUN_CACHE_FILE}")
 
     def predictions(self, trial_id: str) -> Predictions:
-        root = self.checkpoint_root.rsplit("/", 1)[0]  # the study's root in its storage
-        return Predictions(self.storage_fs, f"{root}/{PREDICTIONS_DIR}/{trial_id}")
+        return Predictions(self.storage_fs, f"{self.root}/{PREDICTIONS_DIR}/{trial_id}")
+
+    def features(self, trial_id: str) -> DirectoryFeatures:
+        """A two-stage trial's stored CNN features (`pitfalls.train.features`)."""
+        return DirectoryFeatures(self.storage_fs, f"{self.root}/{FEATURES_DIR}/{trial_id}")
+
+    @property
+    def root(self) -> str:
+        return self.checkpoint_root.rsplit("/", 1)[0]  # the study's root in its storage
 
 
 
@@ -95,7 +104,8 @@ def run_trial(config: dict, *, ctx: TrialContext) -> None:
                          ref=opened.ref)
     try:
         if ctx.study.resources.workers == 1:
-            _train_in_process(cfg, logger, ctx.checkpoints(trial_id), ctx.predictions(trial_id))
+            _train_in_process(cfg, logger, ctx.checkpoints(trial_id), ctx.predictions(trial_id),
+                              ctx.features(trial_id))
         else:
             _train_with_ray_train(cfg, trial_id, ctx, logger)
     except BaseException as e:
@@ -160,7 +170,7 @@ def already_finished(resume: dict | None, epochs: int) -> dict | None:
 
 
 def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointStore,
-                      predictions: Predictions) -> None:
+                      predictions: Predictions, features: DirectoryFeatures) -> None:
     import ray.tune
     import torch
 
@@ -173,7 +183,7 @@ def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointSt
     resume = store.latest()
     if resume is not None:
         epochs.restore(history_of(resume))
-    final = already_finished(resume, cfg.study.budget.epochs)
+    final = already_finished(resume, cfg.epochs)
     if final is not None:
         ray.tune.report(final)
         return
@@ -181,15 +191,15 @@ def _train_in_process(cfg: TrialConfig, logger: TrialLogger, store: CheckpointSt
     local = predictions.local()
 
     def report(metrics: dict, state: dict) -> None:
-        if epoch_of(state) == cfg.study.budget.epochs:  # before the final checkpoint: a trial
+        if epoch_of(state) == cfg.epochs:  # before the final checkpoint: a trial
             predictions.publish(local, logger)  # killed in between redoes its last epoch
         store.save(state)  # before Tune or MLflow hear of the epoch
-        ray.tune.report(tune_metrics(metrics, state, cfg.study.budget.epochs))
+        ray.tune.report(tune_metrics(metrics, state, cfg.epochs))
         epochs.log(metrics)
 
     try:
         train(cfg, report=report, device=device, resume=resume, snapshot=True,
-              on_setup=logger.log_params, predictions=local)
+              on_setup=logger.log_params, predictions=local, features=features)
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
@@ -215,15 +225,15 @@ def _worker_loop(loop_config: dict) -> None:
     resume = store.latest()  # every rank: the same state (a restarted worker group included)
     if resume is not None and epochs is not None:
         epochs.restore(history_of(resume))
-    final = already_finished(resume, cfg.study.budget.epochs)
+    final = already_finished(resume, cfg.epochs)
     if final is not None:
         ray.train.report(final, checkpoint=None)
         return
 
     def report(metrics: dict, state: dict) -> None:
-        shown = tune_metrics(metrics, state, cfg.study.budget.epochs)
+        shown = tune_metrics(metrics, state, cfg.epochs)
         if rank == 0:
-            if epoch_of(state) == cfg.study.budget.epochs:
+            if epoch_of(state) == cfg.epochs:
                 predictions.publish(local, epochs.logger)
             store.save(state)
         ray.train.report(shown, checkpoint=None)  # a barrier: every rank reports the same

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 
 _LAZY = {"make_batch": "pitfalls.models.inputs", "evaluate": "pitfalls.train.evaluation",
-         "Distributed": "pitfalls.train.loop", "train": "pitfalls.train.loop",
+         "Distributed": "pitfalls.train.loop", "train": "pitfalls.train.run",
          "phase_scores": "pitfalls.train.metrics", "summarize_phase": "pitfalls.train.metrics",
          "AnticipationTask": "pitfalls.train.tasks", "PhaseTask": "pitfalls.train.tasks",
          "make_task": "pitfalls.train.tasks"}

@@ -9,6 +9,8 @@ It holds nothing but tensors, Python numbers, strings, None and dicts, lists and
 runs no code from the file. What is not plain at run time is captured in a plain form and
 rebuilt on restore:
 
+- `STAGE`: 1, or 2 in a two-stage trial's second stage (`pitfalls.train.two_stage`), whose
+  `MODEL` is the frozen CNN with the temporal head and whose other parts are the head's;
 - `MODEL`, `SELECTION`'s weights: state dicts (OrderedDicts of tensors);
 - `OPTIMIZER`: torch's optimizer state dict (per-parameter tensors, param groups of numbers);
 - `SCALER`: GradScaler's state dict (empty unless fp16: its scale and counters as numbers);
@@ -25,6 +27,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 EPOCH = "epoch"  # the last epoch finished
+STAGE = "stage"  # 1, or 2 in a two-stage trial's second stage (absent before: 1)
 HISTORY = "history"  # every epoch's metrics so far
 MODEL = "model"
 OPTIMIZER = "optimizer"
@@ -42,6 +45,10 @@ _SCALARS = (bool, int, float, str)
 
 def epoch_of(checkpoint: dict) -> int:
     return int(checkpoint[EPOCH])
+
+
+def stage_of(checkpoint: dict) -> int:
+    return int(checkpoint.get(STAGE, 1))
 
 
 def history_of(checkpoint: dict) -> list[dict]:

@@ -99,7 +99,9 @@ def frames_layout(x: torch.Tensor, fast: FastPath) -> torch.Tensor:
 class Stepper:
     """One optimizer step: micro-batches of lanes under autocast, loss scaling for fp16,
     gradients reduced once per step under DDP. The head's state is split into micro-batches and
-    joined again through the head's `lanes`, never unpacked."""
+    joined again through the head's `lanes`, never unpacked. The loss is the head's training
+    loss given the task's (`VideoModel.forward(..., loss=)`): the task's loss on the output, or
+    a multi-stage head's own."""
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, fast: FastPath,
                  lanes: Lanes | None = None):
@@ -123,9 +125,11 @@ class Stepper:
             part = slice(i * m, (i + 1) * m)
             sub_state = self.lanes.select(state, part)
             sync = i == k - 1 or not hasattr(self.net, "no_sync")
+            ys = tuple(y[part] for y in labels)
             with (nullcontext() if sync else self.net.no_sync()), self.fast.autocast():
-                output, new_state = self.net(frames_layout(x[part], self.fast), sub_state)
-                loss = self.loss_fn(output, tuple(y[part] for y in labels)) / k
+                loss, new_state = self.net(frames_layout(x[part], self.fast), sub_state,
+                                           loss=lambda out, ys=ys: self.loss_fn(out, ys))
+                loss = loss / k
             self.scaler.scale(loss).backward()
             total += loss.detach()
             states.append(new_state)

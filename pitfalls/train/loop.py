@@ -24,12 +24,14 @@ import torch
 import torch.distributed as dist
 
 from pitfalls.config import TrialConfig, precise_bn_batches
+from pitfalls.config.modes import MODES
 from pitfalls.data.base import VideoData
 from pitfalls.data.load import anticipation_tools, load_data
-from pitfalls.data.sampler import CarriedSampler, SequenceSampler
+from pitfalls.data.sampler import CarriedSampler, FrameSampler, SequenceSampler
 from pitfalls.models.inputs import make_batch
 from pitfalls.models.norms import NormOptions
 from pitfalls.models.precise_bn import batch_stat_layers, update_bn_stats
+from pitfalls.models.pretrained import REINIT_KEY, reinit_params
 from pitfalls.models.temporal import State, state_to
 from pitfalls.models.video_model import VideoModel, build_model
 from pitfalls.train import checkpoint as ckpt
@@ -37,9 +39,10 @@ from pitfalls.train.augment import augment
 from pitfalls.train.cheat_gap import cheat_gap_metrics, cheat_gap_records
 from pitfalls.train.evaluation import evaluate, gather
 from pitfalls.train.fast import FastPath, Stepper, prepare_model, resolve
+from pitfalls.train.optim import make_optimizer
 from pitfalls.train.predictions import write_predictions
 from pitfalls.train.selection import Selection, selected_weights
-from pitfalls.train.tasks import Task, make_task
+from pitfalls.train.tasks import Task, make_task, training_loss
 
 # report(metrics, checkpoint): after every epoch; the checkpoint is None unless asked for
 Report = Callable[[dict, "dict | None"], None]
@@ -80,17 +83,25 @@ class Run:
     net: torch.nn.Module  # the model, DDP-wrapped when there are several ranks
     optimizer: torch.optim.Optimizer
     stepper: Stepper
-    sampler: SequenceSampler | CarriedSampler
-    extra: SequenceSampler  # PreciseBN's and the probes' batches: the training draws stay the same
+    sampler: SequenceSampler | CarriedSampler | FrameSampler
+    extra: SequenceSampler | FrameSampler  # PreciseBN's and the probes' batches: the training draws stay the same
     aug_rng: torch.Generator
     precise_bn: int  # batches PreciseBN recomputes BN statistics over before each evaluation
     selection: Selection  # the epoch evaluated on test, and its weights
+    epochs: int = 0  # the last epoch of this stage (the trial's last unless two-stage)
+    steps_per_epoch: int = 0
+    frames: bool = False  # batches of single frames across videos (frame_only, two_stage 1)
     state: State | None = None  # the head's carried state (carry_hidden)
     history: list[dict] = field(default_factory=list)
     first_epoch: int = 1
 
+    @property
+    def batch_len(self) -> int:
+        """Frames per sequence of a training batch (1: single frames)."""
+        return 1 if self.frames else self.cfg.params.seq_len
+
     def batch(self, picks: list[tuple[int, int]]):
-        return make_batch(self.data.train, self.d.share(picks), self.cfg.params.seq_len,
+        return make_batch(self.data.train, self.d.share(picks), self.batch_len,
                           self.device, self.task.labels)
 
     def extra_batches(self, n: int) -> list[torch.Tensor]:
@@ -99,9 +110,13 @@ class Run:
 
 def setup(cfg: TrialConfig, device: torch.device,
           on_setup: Callable[[dict], None] | None = None) -> Run:
-    """Data, task, model, optimizer, samplers and RNGs of a trial, seeded from its parameters."""
+    """Data, task, model, optimizer, samplers and RNGs of a trial, seeded from its parameters.
+
+    A frame-wise mode (frame_only, a two-stage trial's first stage) gets a frame classifier as
+    its head and batches of single frames across videos (`pitfalls.config.modes`)."""
     d = Distributed.current()
     p, study = cfg.params, cfg.study
+    mode = MODES[p.training]
     torch.manual_seed(p.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
 
     data = load_data(study.dataset)
@@ -113,32 +128,44 @@ def setup(cfg: TrialConfig, device: torch.device,
     if on_setup is not None:
         on_setup(fast.as_params())
     model_params = p.for_target("model")
+    if mode.frame_batches:  # stage 1 of two_stage trains the CNN as frame_only does
+        model_params["temporal_head"] = None
     model = build_model(**model_params, num_classes=task.outputs,
-                        head_options=study.model.head_options(model_params["temporal_head"]),
+                        head_options=(study.model.head_options(model_params["temporal_head"])
+                                      if model_params["temporal_head"] else None),
                         norm_options=NormOptions(study.model.group_norm_groups,
                                                  study.model.whitening_group_size),
-                        weights=study.model.weights).to(device)
+                        weights=study.model.weights, pretrained=study.model.pretrained,
+                        reinit_replaced_norms=study.model.reinit_replaced_norms).to(device)
+    if on_setup is not None and model.reinitialized is not None:  # which layers start from scratch
+        on_setup(reinit_params(",".join(model.reinitialized)))
     model = prepare_model(model, fast)
     net: torch.nn.Module = model
     if d.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [q for q in model.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(params, **p.for_target("optimizer"))
-    stepper = Stepper(net, optimizer, task.loss, fast, model.head.lanes)
+    optimizer = make_optimizer(model, p.for_target("optimizer"))
+    stepper = Stepper(net, optimizer, training_loss(task, p.class_weights, data.train, device),
+                      fast, model.head.lanes)
 
     lengths = [len(v) for v in data.train]
     sampling = p.for_target("sampler")
-    sampler_cls = CarriedSampler if sampling.pop("carry_hidden") else SequenceSampler
-    sampler = sampler_cls(lengths, **sampling, rng=np.random.default_rng([p.seed, 7]))
-    extra = SequenceSampler(lengths, **sampling, rng=np.random.default_rng([p.seed, 11]))
+    if mode.frame_batches:  # the same frames per step as the end-to-end arm, across videos
+        per_step = p.videos_per_batch * p.seq_len
+        sampler = FrameSampler(lengths, per_step, rng=np.random.default_rng([p.seed, 7]))
+        extra = FrameSampler(lengths, per_step, rng=np.random.default_rng([p.seed, 11]))
+    else:
+        sampler_cls = CarriedSampler if sampling.pop("carry_hidden") else SequenceSampler
+        sampler = sampler_cls(lengths, **sampling, rng=np.random.default_rng([p.seed, 7]))
+        extra = SequenceSampler(lengths, **sampling, rng=np.random.default_rng([p.seed, 11]))
     aug_rng = torch.Generator().manual_seed(p.seed * 1000 + 13 + d.rank)
     if p.norm == "sync_batch" and d.world_size == 1:
         warnings.warn("norm 'sync_batch' with one worker is plain BatchNorm", stacklevel=2)
     precise_bn = precise_bn_batches(cfg) if batch_stat_layers(model) else 0
     selection = Selection(study.metric.selection, study.metric.mode, study.evaluation.select)
+    epochs, steps = study.budget.stages(p.training)[0]
     return Run(cfg, d, device, data, task, fast, model, net, optimizer, stepper, sampler, extra,
-               aug_rng, precise_bn, selection)
+               aug_rng, precise_bn, selection, epochs, steps, mode.frame_batches)
 
 
 def restore(run: Run, checkpoint: dict) -> None:
@@ -173,7 +200,7 @@ def capture(run: Run, epoch: int) -> dict:
         ranks = [None] * run.d.world_size
         dist.all_gather_object(ranks, mine)
     return ckpt.plain({
-        ckpt.EPOCH: epoch, ckpt.HISTORY: list(run.history), ckpt.RANKS: ranks,
+        ckpt.EPOCH: epoch, ckpt.STAGE: 1, ckpt.HISTORY: list(run.history), ckpt.RANKS: ranks,
         ckpt.MODEL: run.model.state_dict(), ckpt.OPTIMIZER: run.optimizer.state_dict(),
         ckpt.SCALER: run.stepper.scaler.state_dict(),
         ckpt.SAMPLER: run.sampler.state_dict(), ckpt.EXTRA_SAMPLER: run.extra.state_dict(),
@@ -184,7 +211,7 @@ def capture(run: Run, epoch: int) -> dict:
 
 def train_epoch(run: Run) -> float:
     """One epoch of training steps; the mean loss (read from the device once)."""
-    p, steps = run.cfg.params, run.cfg.study.budget.steps_per_epoch
+    p, steps = run.cfg.params, run.steps_per_epoch
     run.net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     lanes = run.model.head.lanes
@@ -212,13 +239,15 @@ def evaluate_epoch(run: Run, epoch: int) -> dict:
     """Validation metrics (after PreciseBN, if the trial uses it); after the last epoch also
     the cheat gap and the probes, when the study asks for them."""
     p, study, d = run.cfg.params, run.cfg.study, run.d
-    last = epoch == study.budget.epochs
+    last = epoch == run.cfg.epochs  # the trial's last epoch (never in a two-stage trial's stage 1)
     if run.precise_bn:
         update_bn_stats(run.model, run.extra_batches(run.precise_bn))
     shard = run.data.val[d.rank::d.world_size]
     records, val_loss_sum, frames = gather(*evaluate(run.model, shard, run.task, run.device, run.fast),
                                            d.rank, d.world_size)
     metrics = {"val_loss": val_loss_sum / max(frames, 1), **run.task.summarize(records)}
+    if run.model.reinitialized is not None:  # the results row's record (pretrained weights)
+        metrics[REINIT_KEY] = ",".join(run.model.reinitialized)
     if study.evaluation.cheat_gap and last:  # a diagnosis of the trained model
         seen = run.data.train[:len(run.data.val)][d.rank::d.world_size]
         for split, videos in (("val", shard), ("train", seen)):
@@ -276,50 +305,45 @@ def _probe(run: Run) -> dict:
                        run.extra_batches(4))
 
 
-def train(cfg: TrialConfig, report: Report = _ignore, device: torch.device | None = None, *,
-          resume: dict | None = None, snapshot: bool = False,
-          on_setup: Callable[[dict], None] | None = None, predictions: Path | None = None) -> dict:
-    """Train one trial; return the last epoch's metrics.
+def run_epochs(run: Run, report: Report, *, snapshot: bool, predictions: Path | None) -> dict:
+    """The epochs of `run`'s (first) stage, from `run.first_epoch` on; the last one's metrics.
 
-    After every epoch's validation the selection (`evaluation.select`) may take the epoch; after
-    the last, the selected weights are evaluated on the test split (`test_*`, `selected_epoch`)
-    and, with `predictions` (a local directory) and `evaluation.predictions`, their per-frame
-    predictions of val and test are written there (`pitfalls.train.predictions`).
-
-    `on_setup` receives the resolved fast path (`FastPath.as_params()`: precision, layout, ...)
-    once, before the first step, for the trial's record.
-
-    Every epoch ends with `report(metrics, checkpoint)`. With `snapshot=True` the checkpoint is
-    everything needed to continue exactly from there (`capture`: model, optimizer, samplers,
-    RNGs, the head's carried state, the metrics so far), else None; `resume=checkpoint`
-    continues such a run at the next epoch, bit for bit as if it had not stopped (same world
-    size). The Ray layer stores the checkpoint as the trial's.
-    """
-    run = setup(cfg, device or torch.device("cpu"), on_setup)
-    if resume is not None:
-        restore(run, resume)
-    study, p = cfg.study, cfg.params
+    A two-stage trial's first stage reports `stage: 1` with each epoch and never reaches the
+    trial's last epoch here (the test split is evaluated after stage 2)."""
+    study, p = run.cfg.study, run.cfg.params
+    two_stage, last = p.training == "two_stage", run.cfg.epochs
     metrics: dict = dict(run.history[-1]) if run.history else {}
-    for epoch in range(run.first_epoch, study.budget.epochs + 1):
+    for epoch in range(run.first_epoch, run.epochs + 1):
         t0 = time.perf_counter()
         train_loss = train_epoch(run)
         train_s = time.perf_counter() - t0
         measured = evaluate_epoch(run, epoch)
         metrics = {
-            "epoch": epoch, "train_loss": train_loss, **measured,
-            "train_frames_per_s": study.budget.steps_per_epoch * p.videos_per_batch * p.seq_len / train_s,
+            "epoch": epoch, **({"stage": 1} if two_stage else {}), "train_loss": train_loss,
+            **measured,
+            "train_frames_per_s": run.steps_per_epoch * p.videos_per_batch * p.seq_len / train_s,
             "epoch_s": time.perf_counter() - t0,
             "world_size": run.d.world_size,
         }
-        if epoch == study.budget.epochs and study.evaluation.probes:
+        if epoch == last and study.evaluation.probes:
             metrics.update(_probe(run))
         run.selection.offer(epoch, metrics, run.model)
-        if epoch == study.budget.epochs:
+        if epoch == last:
             metrics.update(final_evaluation(run, predictions if study.evaluation.predictions else None))
         run.history.append(metrics)
         report(metrics, capture(run, epoch) if snapshot else None)
     return metrics
 
 
+def train(cfg: TrialConfig, report: Report = _ignore, device: torch.device | None = None, *,
+          resume: dict | None = None, snapshot: bool = False,
+          on_setup: Callable[[dict], None] | None = None, predictions: Path | None = None) -> dict:
+    """Train a single-stage trial (end_to_end, frame_only): see `pitfalls.train.run.train`."""
+    run = setup(cfg, device or torch.device("cpu"), on_setup)
+    if resume is not None:
+        restore(run, resume)
+    return run_epochs(run, report, snapshot=snapshot, predictions=predictions)
+
+
 __all__ = ["Distributed", "Report", "Run", "capture", "evaluate_checkpoint", "evaluate_epoch",
-           "final_evaluation", "restore", "setup", "train", "train_epoch"]
+           "final_evaluation", "restore", "run_epochs", "setup", "train", "train_epoch"]

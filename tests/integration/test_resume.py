@@ -1,6 +1,8 @@
 """Stop a study any way you like, `pitfalls resume`, and every trial ends up exactly once:
 the driver is SIGKILLed at several points of a small study, then resumed — in place, or, for a
 study on S3-compatible object storage, from a machine that never saw it (an empty working copy).
+The grid study's trials are the seeds' baselines (`frame_only`, `two_stage`), so a kill between
+a two-stage trial's stages, and its features on a bucket, are resumed too.
 """
 
 import json
@@ -25,9 +27,13 @@ from tests.helpers import tiny_study
 
 pytestmark = pytest.mark.integration
 
-EPOCHS, TRIALS = 3, 4
-# Lines the driver prints: 2 headers, then per trial 1 start + EPOCHS results + 1 done.
-LINES = 2 + TRIALS * (EPOCHS + 2)
+# A grid of training mode x norm: frame_only trains EPOCHS epochs, two_stage CNN_EPOCHS + EPOCHS.
+EPOCHS, CNN_EPOCHS, TRIALS = 2, 1, 4
+TRIAL_EPOCHS = {"frame_only": EPOCHS, "two_stage": CNN_EPOCHS + EPOCHS}
+# Lines the driver prints: 2 headers, then per trial 1 start + its epochs' results + 1 done.
+LINES = 2 + sum(e + 2 for e in TRIAL_EPOCHS.values()) * TRIALS // len(TRIAL_EPOCHS)
+# The line after which the two-stage trials' first stage is done (between the stages)
+BETWEEN_STAGES = f"epoch {CNN_EPOCHS}/{CNN_EPOCHS + EPOCHS} (stage 1)"
 
 
 def _cli(*args):
@@ -67,12 +73,16 @@ def _finished_runs(uri: str, experiment: str) -> dict[str, int]:
 def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, storage, request,
                                                            ray_session, capsys, monkeypatch):
     """The killed driver is a process of its own (its own Ray, killed with it); `pitfalls
-    resume` and `pitfalls report` then run in this process, on the session's Ray."""
+    resume` and `pitfalls report` then run in this process, on the session's Ray. On a disk it
+    is killed once the first two-stage trial has finished its first stage (and up to 2 s later:
+    between the stages, in the feature extraction or in stage 2), on S3 at a random line."""
     rng = np.random.default_rng(seed)
     kill_after_line = int(rng.integers(3, LINES - 1))  # a random point between start and end
     extra_delay = float(rng.uniform(0, 2))
     study = tmp_path / "study.yaml"
-    raw = tiny_study(name="killed", budget={"epochs": EPOCHS, "steps_per_epoch": 8}, seeds=[0, 1])
+    raw = tiny_study(name="killed", budget={"epochs": EPOCHS, "steps_per_epoch": 6,
+                                            "cnn_epochs": CNN_EPOCHS}, seeds=[0])
+    raw["search_space"]["factors"]["training"] = list(TRIAL_EPOCHS)
     study.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PITFALLS_CACHE": str(tmp_path / "machine-a")}
     if storage == "s3":  # Tune state, checkpoints and study files in the bucket
@@ -89,7 +99,7 @@ def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, stora
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if len(seen) >= kill_after_line:
+        if (BETWEEN_STAGES in line) if storage == "local" else len(seen) >= kill_after_line:
             break
     time.sleep(extra_delay)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and whatever it started, no clean-up
@@ -113,13 +123,25 @@ def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, stora
     capsys.readouterr()
     rc = main(["resume", str(resume_from)])
     resumed = capsys.readouterr()
+    kill_after_line = len(seen)
+    assert storage != "local" or BETWEEN_STAGES in seen[-1], "".join(seen)  # killed there
     context = f"killed after line {kill_after_line}:\n{''.join(seen)}\n{resumed.out[-2000:]}{resumed.err[-3000:]}"
     assert rc == 0, context
 
     rows = pq.read_table(study_dir / "results.parquet").to_pylist()
     assert len(rows) == TRIALS and len({r["trial_id"] for r in rows}) == TRIALS, context
     assert {r["status"] for r in rows} == {"completed"}
-    assert all(len(r["curve_val_accuracy"]) == EPOCHS for r in rows), context
+    assert all(len(r["curve_val_accuracy"]) == TRIAL_EPOCHS[r["training"]] for r in rows), context
+    assert sorted(r["training"] for r in rows) == sorted(list(TRIAL_EPOCHS) * 2)
+    for r in rows:  # frame_only: no temporal head; two_stage: the test split at a stage-2 epoch
+        assert r["temporal_head"] == (None if r["training"] == "frame_only" else "lstm")
+        assert r["selected_epoch"] > (CNN_EPOCHS if r["training"] == "two_stage" else 0)
+    if storage == "local":  # each two-stage trial's features, once per video of every split
+        opts = raw["dataset"]["options"]
+        for r in rows:
+            stored = list((study_dir / "features" / r["trial_id"]).glob("*/*/*.npy"))
+            assert len(stored) == (opts["num_videos"] + opts["test_videos"]
+                                   if r["training"] == "two_stage" else 0), context
     for tid, final in done_before.items():  # finished before the kill: kept as they were
         assert next(r for r in rows if r["trial_id"] == tid)["final_val_accuracy"] == final
 
@@ -138,10 +160,11 @@ def test_sigkilled_driver_resumes_every_trial_exactly_once(tmp_path, seed, stora
     assert sorted(c.data.tags["pitfalls.trial_id"] for c in children) == sorted(r["trial_id"] for r in rows)
     for c in children:
         assert c.info.status == "FINISHED", context
+        epochs = TRIAL_EPOCHS[c.data.params["training"]]
         history = client.get_metric_history(c.info.run_id, "train_loss")
-        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), context  # each epoch once
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1)), context  # each epoch once
         tested = client.get_metric_history(c.info.run_id, "test_accuracy")  # the test split: once
-        assert [m.step for m in tested] == [EPOCHS], context
+        assert [m.step for m in tested] == [epochs], context
         if c.data.tags["pitfalls.trial_id"] in done_before:  # not trained again after the kill
             assert all(m.timestamp / 1000 < killed_at for m in history), context
         if c.info.run_id in ended:  # FINISHED before the kill: not reopened, its end unmoved
@@ -300,3 +323,4 @@ def test_a_second_driver_is_refused_and_sigterm_stops_the_first_like_ctrl_c(tmp_
         if r.data.tags.get("pitfalls.role") == "trial":
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
             assert sorted(steps) == list(range(1, 6)), steps
+

@@ -80,7 +80,7 @@ CASES = [
     ("missing-search-space-file", _study(search_space="no_such_space"), "search_space: 'no_such_space' was not found"),
     ("unknown-choice", _study(searcher={"type": "bayes"}), "searcher.type: 'bayes' valid choices: grid, optuna"),
     ("unknown-norm", _with(["search_space", "factors", "norm"], ["batch", "bogus"]), "norm[1]: 'bogus' is not a known norm; valid choices: batch"),
-    ("unknown-head", _with(["model", "temporal_head", "type"], "transformer"), "model.temporal_head.type: 'transformer' is not a known temporal head; valid choices: lstm, gru"),
+    ("unknown-head", _with(["model", "temporal_head", "type"], "transformer"), "model.temporal_head.type: 'transformer' is not a known temporal head; valid choices: lstm, gru, tcn"),
     ("unknown-backbone", _with(["model", "backbone"], "resnet_nope"), "model.backbone: 'resnet_nope' is not a timm model name"),
     ("unknown-dataset", _study(dataset={"name": "kinetics"}), "dataset.name: 'kinetics' is not a known dataset; valid choices: synthetic, cholec80, frames"),
     ("unknown-selection", _study(evaluation={"select": "worst"}), "evaluation.select: 'worst' valid choices: best, last"),

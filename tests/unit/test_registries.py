@@ -26,7 +26,7 @@ from pitfalls.config.metrics import (
 from pitfalls.config.params import CORE_FACTORS, PARAMS, TrialParams
 from pitfalls.config.spec import TaskSpec
 from pitfalls.data.base import Video
-from pitfalls.fields import choices_of
+from pitfalls.fields import choices_of, field_types
 from pitfalls.models.heads import HEADS
 from pitfalls.models.norms import NORMS, NormOptions
 from pitfalls.probes.registry import COLUMNS, PROBES
@@ -38,7 +38,8 @@ from tests.helpers import lstm_model, tiny_params, tiny_study
 
 # The results schema's columns, per version: a change to a parameter, metric or probe changes
 # the schema; bump SCHEMA_VERSION (results/schema.py) and record the new fingerprint here.
-SCHEMA_FINGERPRINTS = {"5": "ce15345858ff50d5", "6": "2a280b1656462bde"}
+SCHEMA_FINGERPRINTS = {"5": "ce15345858ff50d5", "6": "2a280b1656462bde", "7": "cad9100bab25b54c",
+                       "8": "9128a83f105debdb"}
 
 
 def test_results_schema_is_versioned_with_its_columns():
@@ -156,7 +157,7 @@ def test_each_norm_builds_the_layer_it_says_and_its_properties_hold(name):
 
 @pytest.mark.parametrize("head", list(HEADS))
 def test_each_head_owns_its_state_through_its_lanes(head):
-    module = HEADS[head]().build(6, 3)
+    module = HEADS[head]().build(6, 3).eval()  # eval: a head's dropout masks depend on chunking
     feats = torch.rand(4, 5, 6)
     out, state = module(feats)
     assert out.shape == (4, 5, 3)
@@ -180,8 +181,9 @@ def test_each_head_owns_its_state_through_its_lanes(head):
 def test_a_trial_trains_with_each_head_and_carries_its_state(head):
     from pitfalls.train import train
 
+    small = {"hidden_size": 8} if "hidden_size" in field_types(HEADS[head]) else {}
     raw = tiny_study(budget={"epochs": 1, "steps_per_epoch": 2},
-                     model={"backbone": "test_resnet", "temporal_head": {"type": head, "hidden_size": 8}})
+                     model={"backbone": "test_resnet", "temporal_head": {"type": head, **small}})
     cfg = TrialConfig(parse_study(raw), tiny_params(carry_hidden=True))
     assert cfg.params.temporal_head == head
     assert np.isfinite(train(cfg)["train_loss"])

@@ -15,7 +15,9 @@ def test_rows_round_trip_and_best_final(tmp_path):
     path = tmp_path / "results.parquet"
     write_results(path, [_row("a", "batch", 0, [0.2, 0.6, 0.5])])
     t = read_results(path)
-    assert t.num_rows == 1 and t.schema.metadata[b"pitfalls.schema_version"] == b"6"
+    from pitfalls.results.schema import SCHEMA_VERSION
+
+    assert t.num_rows == 1 and t.schema.metadata[b"pitfalls.schema_version"] == SCHEMA_VERSION.encode()
     r = t.to_pylist()[0]
     assert r["final_val_accuracy"] == 0.5 and r["best_val_accuracy"] == 0.6
     assert np.isclose(r["best_val_loss"], 0.4) and r["curve_val_accuracy"] == [0.2, 0.6, 0.5]

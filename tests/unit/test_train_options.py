@@ -128,14 +128,17 @@ def test_real_dataset_options_round_trip_and_are_checked():
         assert part in msg
 
 
-@pytest.mark.parametrize("carry, norm", [(False, "batch"), (True, "group")])
-def test_resuming_from_a_snapshot_continues_exactly(carry, norm):
-    """Stop after epoch 2 of 3, resume from the snapshot: the same numbers as one straight run."""
+@pytest.mark.parametrize("carry, norm, head", [(False, "batch", "lstm"), (True, "group", "lstm"),
+                                              (True, "group", "tcn")])
+def test_resuming_from_a_snapshot_continues_exactly(carry, norm, head):
+    """Stop after epoch 2 of 3, resume from the snapshot: the same numbers as one straight run
+    (the TCN: its carried state of past frames and its dropout draws included)."""
     import copy
     import io
 
+    model = {} if head == "lstm" else {"model": {"backbone": "test_resnet", "temporal_head": {"type": head}}}
     study = _study(budget={"epochs": 3, "steps_per_epoch": 3}, augmentation={"hflip": 0.5, "min_crop": 0.8},
-                   evaluation={"precise_bn_batches": 1})
+                   evaluation={"precise_bn_batches": 1}, **model)
     cfg = TrialConfig(study, tiny_params(norm=norm, carry_hidden=carry))
     straight = []
     train(cfg, report=lambda m, s: straight.append(m), snapshot=True)
