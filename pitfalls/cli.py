@@ -4,6 +4,7 @@ pretrain-standin`: parse arguments and the study once, then hand over."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -406,8 +407,22 @@ def _move_credentials(args: argparse.Namespace) -> int | None:
     return None
 
 
+# Hugging Face cache locations a user may give relative to where they run the command; trials
+# run in other working directories (Tune's trial directories), so they are made absolute once.
+HF_PATH_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")
+
+
+def absolute_cache_paths(environ=os.environ) -> None:
+    """Relative Hugging Face cache paths -> absolute, before anything reads them (validation,
+    the trials: local Ray workers inherit this process's environment)."""
+    for name in HF_PATH_VARIABLES:
+        if environ.get(name) and not os.path.isabs(environ[name]):
+            environ[name] = os.path.abspath(environ[name])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    absolute_cache_paths()
     if (rc := _move_credentials(args)) is not None:
         return rc
     try:

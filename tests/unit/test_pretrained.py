@@ -376,3 +376,15 @@ def test_validate_checks_a_paper_study_for_another_machine(hf_home, capsys):
     err = capsys.readouterr().err
     assert err.count("needs pretrained weights") == 4 and "HF_HUB_OFFLINE is set" in err, err
     assert "pretrained_norm[3].backbone: 'resnet50_gn.a1h_in1k' needs pretrained weights" in err
+
+
+def test_a_relative_cache_path_is_made_absolute_for_the_trials(tmp_path, monkeypatch):
+    """Trials run in Tune's trial directories: `HF_HOME=runs/hf` must still name the same
+    cache there (it did not: every trial of a stand-in study failed with LocalEntryNotFound)."""
+    from pitfalls.cli import absolute_cache_paths
+
+    monkeypatch.chdir(tmp_path)
+    env = {"HF_HOME": "runs/hf", "HF_HUB_CACHE": str(tmp_path / "abs"), "HF_HUB_OFFLINE": "1"}
+    absolute_cache_paths(env)
+    assert env == {"HF_HOME": str(tmp_path / "runs" / "hf"), "HF_HUB_CACHE": str(tmp_path / "abs"),
+                   "HF_HUB_OFFLINE": "1"}
