@@ -36,7 +36,8 @@ class MemoryFeatures:
         return self._items.get((key, split, video))
 
     def save(self, key: str, split: str, video: str, features: np.ndarray) -> None:
-        self._items = {k: v for k, v in self._items.items() if k[0] == key}
+        if any(k[0] != key for k in self._items):  # another CNN's features are stale
+            self._items.clear()
         self._items[(key, split, video)] = features
 
 
