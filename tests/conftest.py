@@ -354,3 +354,13 @@ def s3_server():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def pytest_unconfigure(config) -> None:
+    """Kill child processes a failed test left behind: Python's exit waits for non-daemon
+    `multiprocessing` children, so one hung child would otherwise stall the whole run."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)

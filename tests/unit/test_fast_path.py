@@ -130,10 +130,19 @@ def test_train_records_the_resolved_fast_path_and_resumes_exactly():
     assert resumed["train_loss"] == straight["train_loss"]
 
 
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, out_dir: str) -> None:
+    import faulthandler
+    import sys
+    from datetime import timedelta
+
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    faulthandler.dump_traceback_later(120, exit=True, file=sys.stderr)  # where it hung
+
+    # A file rendezvous (no port to race for) and a short timeout: a rank that cannot meet the
+    # other fails with an error instead of waiting for gloo's 30-minute default.
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank,
+                            world_size=2, timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
     model = _model()
     fast = resolve(PerformanceSpec(grad_accumulation=2), CPU)
@@ -148,17 +157,31 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def test_ddp_with_grad_accumulation_matches_one_process(tmp_path):
-    """2 gloo ranks x 2 micro-batches each (gradients synchronized once, on the last) make the
-    same update as one process on the whole batch."""
-    import socket
+def _spawn_within(fn, args: tuple, nprocs: int, deadline_s: float) -> None:
+    """`mp.spawn` with a deadline: daemon ranks, terminated when the deadline passes, so a hung
+    rank fails this test and never keeps the test session's interpreter from exiting."""
+    import time
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, daemon=True,
+                             start_method="spawn")
+    end = time.monotonic() + deadline_s
+    try:
+        while not ctx.join(timeout=max(0.1, min(5.0, end - time.monotonic()))):
+            if time.monotonic() > end:
+                pytest.fail(f"{nprocs} ranks did not finish within {deadline_s:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+def test_ddp_with_grad_accumulation_matches_one_process(tmp_path):
+    """2 gloo ranks x 2 micro-batches each (gradients synchronized once, on the last) make the
+    same update as one process on the whole batch."""
+    _spawn_within(_ddp_worker, (str(tmp_path),), nprocs=2, deadline_s=180)
     model = prepare_model(_model(), resolve(PerformanceSpec(), CPU))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, labels = _batch(b=8)
