@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pitfalls.config import PerformanceSpec
 from pitfalls.models.heads import LSTMHead
-from pitfalls.models.inputs import to_input
+from pitfalls.models.inputs import frames_to_input
 from pitfalls.models.video_model import build_model
 from pitfalls.train.fast import Stepper, prepare_model, resolve
 from pitfalls.train.tasks import PhaseTask
@@ -56,6 +56,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--videos", type=int, help="sequences per step")
     ap.add_argument("--size", help="WxH (GPU default 384x216)")
     ap.add_argument("--hidden", type=int, default=512, help="LSTM units")
+    ap.add_argument("--frozen-stages", type=int, default=0, help="stem + first k backbone stages frozen")
     ap.add_argument("--steps", type=int, help="timed steps per round")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, compile)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median counts")
@@ -78,6 +79,12 @@ def settle(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, value)
     args.width, args.height = (int(v) for v in args.size.lower().split("x"))
     return args
+
+
+def settings(*argv: str) -> argparse.Namespace:
+    """The settled arguments of a command line (`settings("--norm", "batch")`): how other
+    scripts (benchmarks/gpu_suite.py) run these benchmarks without a shell."""
+    return settle(parser("").parse_args(list(argv)))
 
 
 def header(args: argparse.Namespace) -> str:
@@ -107,27 +114,36 @@ def paper_model(args: argparse.Namespace):
     """The backbone + causal LSTM of `args` (the papers' CNN-LSTM), randomly initialized; with
     `--pretrained`, a pretrained trial's model (its input normalization and kept norms) with
     random weights: the step costs the same."""
-    return build_model(backbone=args.backbone, norm=args.norm, frozen_stages=0,
+    return build_model(backbone=args.backbone, norm=args.norm, frozen_stages=args.frozen_stages,
                        num_classes=NUM_CLASSES, head_options=LSTMHead(hidden_size=args.hidden),
                        pretrained=args.pretrained, load_weights=False)
 
 
-def platform_step(args: argparse.Namespace) -> Callable[[], None]:
-    """The platform's training step exactly as a trial runs it (`Stepper`, resolved fast path)."""
+def platform_stepper(args: argparse.Namespace) -> Stepper:
+    """The platform's `Stepper` for `args`, as a trial builds it (resolved fast path)."""
     device = torch.device(args.device)
     fast = resolve(PerformanceSpec(precision=args.precision, compile=args.compile), device)
     torch.manual_seed(0)
     model = paper_model(args).to(device)
     model = prepare_model(model, fast)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    stepper = Stepper(model, optimizer, PhaseTask(NUM_CLASSES).loss, fast)
+    return Stepper(model, optimizer, PhaseTask(NUM_CLASSES).loss, fast)
+
+
+def platform_step(args: argparse.Namespace) -> Callable[[], None]:
+    """The platform's training step exactly as a trial runs it (`Stepper`, resolved fast path):
+    frames in a pinned host buffer (as the prefetch thread fills it), copied without blocking."""
+    device = torch.device(args.device)
+    stepper = platform_stepper(args)
+    fast = stepper.fast
     frames, labels = host_frames(args)
+    if device.type == "cuda":
+        frames = frames.pin_memory()
     labels = labels.to(device)
 
     def step():
         torch.backends.cudnn.benchmark = fast.cudnn_benchmark  # a global flag: set per step
-        x = to_input(frames.numpy(), device)  # pinned, non-blocking copy as in training
-        stepper.step(x, (labels,), None)
+        stepper.step(frames_to_input(frames, device), (labels,), None)
 
     step.fast = fast  # type: ignore[attr-defined]
     return step
@@ -139,27 +155,34 @@ def sync(device: str) -> None:
 
 
 def measure(steps: dict[str, Callable[[], None]], args: argparse.Namespace) -> dict[str, Timing]:
-    """Warm each step up, then time them in alternating rounds (drift hits all alike)."""
-    frames = args.videos * args.seq_len * args.steps
-    timings = {name: Timing(name, [], frames) for name in steps}
-    cuda = args.device.startswith("cuda")
-    for name, step in steps.items():
-        if cuda:  # this step's own peak: above what the other steps' models already hold
-            sync(args.device)
+    """Warm each step up, then time `args.steps` of each in alternating rounds."""
+    return alternate(steps, args.videos * args.seq_len * args.steps, device=args.device,
+                     warmup=args.warmup, rounds=args.rounds, repeats=args.steps)
+
+
+def alternate(calls: dict[str, Callable[[], None]], frames: int, *, device: str, warmup: int,
+              rounds: int, repeats: int = 1) -> dict[str, Timing]:
+    """Warm each call up (its peak GPU memory is taken there), then time `repeats` calls of each
+    in alternating rounds (drift hits all alike); `frames`: frames processed per round."""
+    timings = {name: Timing(name, [], frames) for name in calls}
+    cuda = device.startswith("cuda")
+    for name, call in calls.items():
+        if cuda:  # this call's own peak: above what the other calls' models already hold
+            sync(device)
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        for _ in range(args.warmup):
-            step()
-        sync(args.device)
+        for _ in range(warmup):
+            call()
+        sync(device)
         if cuda:
             timings[name].peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            sync(args.device)
+    for _ in range(rounds):
+        for name, call in calls.items():
+            sync(device)
             t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            sync(args.device)
+            for _ in range(repeats):
+                call()
+            sync(device)
             timings[name].seconds.append(time.perf_counter() - t0)
     return timings
 

@@ -5,7 +5,8 @@ run on this machine's device at the study's frame size and fast path, with 2 and
 step: peak training memory and step time are measured at both and extended linearly in the
 frames per step (everything that grows with a step's frames, activations and their gradients,
 grows linearly in them; weights, gradients and the optimizer's state do not). From that line:
-each configuration's peak memory and whether it fits `--gpu-memory`, the compute per trial
+each configuration's peak memory (training's, or an evaluation pass's of `eval_videos` x
+`eval_chunk` frames without gradients if larger) and whether it fits `--gpu-memory`, the compute per trial
 (epochs x steps x step time, plus PreciseBN's extra forward passes for BN models that use it and
 the evaluation of the validation frames when the data is here) and in total, and per frozen
 depth the longest sequence that fits.
@@ -40,7 +41,7 @@ from pitfalls.train.optim import make_optimizer
 from pitfalls.train.tasks import PhaseTask
 
 FIRST_PROBE = 2  # frames per step of the first measured point (BN needs 2)
-PROBE_CAP = 16  # never measure more frames per step than this: beyond, the lines extrapolate
+PROBE_CAP = 16  # never train on more frames per step than this: beyond, the lines extrapolate
 CPU_PROBE_PIXELS = 192 * 108  # a CPU measures larger frames at half size (per side), repeatedly
 DEFAULT_GPU_GB = 80.0  # an H100's memory, when no GPU is present to ask
 GiB = 2**30
@@ -74,9 +75,15 @@ class ShapeCost:
     s_per_frame: float
     eval_s_per_frame: float
     batch_stats: bool = False  # has BN layers PreciseBN recomputes (train-mode batch statistics)
+    resident_bytes: float = 0.0  # weights and optimizer state (and a no-grad forward's fixed part)
+    eval_bytes_per_frame: float = 0.0  # a no-grad forward's intermediates per frame
 
     def peak_bytes(self, frames: int) -> float:
         return max(self.knee_bytes, self.fixed_bytes + self.bytes_per_frame * frames)
+
+    def eval_peak_bytes(self, frames: int) -> float:
+        """Peak of an evaluation pass of `frames` frames (eval_videos x eval_chunk)."""
+        return self.resident_bytes + self.eval_bytes_per_frame * frames
 
     def step_s(self, frames: int) -> float:
         return max(self.fixed_s + self.s_per_frame * frames, 0.0)
@@ -94,10 +101,15 @@ class ShapeCost:
 class ConfigPlan:
     params: dict
     frames_per_micro_step: int
-    peak_bytes: float
+    train_peak_bytes: float  # a training step's (a two-stage trial's larger stage)
+    eval_peak_bytes: float  # an evaluation pass's: eval_videos x eval_chunk frames, no gradients
     fits: bool
     step_s: float
     trial_s: float
+
+    @property
+    def peak_bytes(self) -> float:
+        return max(self.train_peak_bytes, self.eval_peak_bytes)
 
 
 @dataclass
@@ -331,7 +343,7 @@ def probe_shape(spec: StudySpec, device: torch.device) -> tuple[tuple[int, int],
 
 
 def measure_shape(spec: StudySpec, model: dict, device: torch.device,
-                  fast: FastPath, max_frames: int) -> ShapeCost:
+                  fast: FastPath, max_frames: int, eval_frames: int) -> ShapeCost:
     """Fit the memory and time lines of one model shape from a few measured steps.
 
     Memory is flat while weights, gradients and optimizer state dominate, then grows with the
@@ -351,14 +363,15 @@ def measure_shape(spec: StudySpec, model: dict, device: torch.device,
     n1 = 2 * a
     while n1 < 2 * knee:
         n1 *= 2
+    b = PROBE_CAP
+    passing = max((trainer.transient_bytes(b) - trainer.transient_bytes(a)) / (b - a), 0.0)
+    eval_fixed, eval_per_frame = eval_line(trainer, eval_frames)
     if n1 <= PROBE_CAP and n1 < max_frames:
         (m1, _), (m2, _) = trainer.peak(n1), trainer.peak(2 * n1)
         per_frame = (m2 - m1) / n1
         fixed = m2 - per_frame * 2 * n1
     else:
-        b = PROBE_CAP
-        passing = (trainer.transient_bytes(b) - trainer.transient_bytes(a)) / (b - a)
-        per_frame = kept + max(passing, 0.0)
+        per_frame = kept + passing
         fixed = trainer.resident + saved[a] - kept * a
     # Time: a slow step (a large model) grows in proportion to its frames; a fast one has a
     # fixed part (optimizer step, launch overheads) that a second point, at PROBE_CAP, separates.
@@ -372,7 +385,21 @@ def measure_shape(spec: StudySpec, model: dict, device: torch.device,
     evals = trainer.seconds(lo, evaluate=True, budget_s=0.0) / lo
     # measured on smaller frames: what grows with a frame grows with its pixels
     return ShapeCost(dict(model), a, flat, fixed, per_frame * scale, fixed_s,
-                     s_per_frame * scale, evals * scale, bool(batch_stat_layers(trainer.model)))
+                     s_per_frame * scale, evals * scale, bool(batch_stat_layers(trainer.model)),
+                     trainer.resident + eval_fixed, eval_per_frame * scale)
+
+
+def eval_line(trainer: "_Trainer", frames: int) -> tuple[float, float]:
+    """(fixed bytes, bytes per frame) of a no-grad forward, fitted where it is linear: at a
+    quarter and an eighth of the evaluation pass's `frames` (at a few frames, fixed
+    workspaces such as GroupNorm's dominate and the slope there is not the slope later)."""
+    hi = max(frames // 4, 2 * PROBE_CAP)
+    if frames <= hi:
+        return trainer.transient_bytes(frames), 0.0
+    lo = hi // 2
+    m_lo, m_hi = trainer.transient_bytes(lo), trainer.transient_bytes(hi)
+    per_frame = max((m_hi - m_lo) / (hi - lo), 0.0)
+    return m_hi - per_frame * hi, per_frame
 
 
 def precise_bn_s(spec: StudySpec, config: dict, cost: ShapeCost) -> float:
@@ -550,7 +577,8 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
         largest = max(frames_in_memory(c) for c in configs if shape(c) == key)
         model = next(measured_model(c, (*MODEL_PARAMS, *OPTIMIZER_PARAMS, "training"))
                      for c in configs if shape(c) == key)
-        costs[key] = measure_shape(spec, model, device, fast, largest)
+        costs[key] = measure_shape(spec, model, device, fast, largest,
+                                   spec.performance.eval_videos * spec.performance.eval_chunk)
     heads = {(c["backbone"], c["temporal_head"]): measure_head(spec, c["backbone"], c["temporal_head"], device, fast)
              for c in configs if c["training"] == "two_stage"}
     plan = StudyPlan(spec, device.type, fast, budget, source, costs, val_frames=_val_frames(spec),
@@ -565,6 +593,7 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
         (epochs, steps), *second = budget_spec.stages(c["training"])
         trial_s = epochs * (steps * step_s + eval_s + precise_bn_s(spec, c, cost))
         peak = cost.peak_bytes(frames)
+        eval_peak = cost.eval_peak_bytes(spec.performance.eval_videos * spec.performance.eval_chunk)
         if second:  # two_stage: features of every frame once, then the head on them
             head = heads[(c["backbone"], c["temporal_head"])]
             (epochs2, steps2), = second
@@ -573,7 +602,8 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
             peak = max(peak, head.peak_bytes(plan))
         else:
             trial_s += cost.eval_s_per_frame * (plan.final_frames or 0)
-        plan.configs.append(ConfigPlan(c, frames, peak, peak <= budget, step_s, trial_s))
+        plan.configs.append(ConfigPlan(c, frames, peak, eval_peak, max(peak, eval_peak) <= budget,
+                                       step_s, trial_s))
     return plan
 
 
@@ -608,7 +638,7 @@ def render(plan: StudyPlan) -> str:
         "",
     ]
     cols = varied + [c for c in ("seq_len", "videos_per_batch") if c not in varied]
-    lines.append(table([*cols, "frames in memory", "peak train memory", "fits", "s/step",
+    lines.append(table([*cols, "frames in memory", "peak memory (train or eval)", "fits", "s/step",
                         "compute/trial"],
                        [[*(c.params[n] for n in cols), c.frames_per_micro_step, _mib(c.peak_bytes),
                          "yes" if c.fits else "NO", f"{c.step_s:.3f}", _duration(c.trial_s)]

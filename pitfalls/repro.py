@@ -148,7 +148,7 @@ def memory_check(spec, device=None) -> dict:
     frozen_long = (f3.better["frozen_stages"], f3.better["seq_len"])
     unfrozen_long = (short[0], frozen_long[1])
     plan = plan_study(spec, device)
-    peak = {(c.params["frozen_stages"], c.params["seq_len"]): c.peak_bytes for c in plan.configs}
+    peak = {(c.params["frozen_stages"], c.params["seq_len"]): c.train_peak_bytes for c in plan.configs}
     mib = {k: v / 2**20 for k, v in peak.items()}
     ok = peak[frozen_long] <= peak[short] < peak[unfrozen_long]
     name = lambda k: f"frozen {k[0]} @ {k[1]}"

@@ -68,7 +68,10 @@ class PerformanceSpec:
     trial (worth it for long trials); `grad_accumulation` splits each step's sequences into that
     many micro-batches (less memory; with BN, smaller normalization batches);
     `activation_checkpointing` recomputes backbone stages in the backward pass (less memory for
-    long sequences, ~30% more compute).
+    long sequences, ~30% more compute). `prefetch` builds the next training batch in a background
+    thread while the step runs (`auto`: on a GPU; same batches, same order). Evaluation runs
+    `eval_videos` videos together as lanes in chunks of `eval_chunk` frames (the same metrics;
+    more of each fills a GPU, and costs memory).
     """
 
     __pydantic_config__ = FORBID_EXTRA
@@ -79,6 +82,9 @@ class PerformanceSpec:
     cudnn_benchmark: Annotated[bool, Bool()] = True
     grad_accumulation: Annotated[int, Int(ge=1)] = 1
     activation_checkpointing: Annotated[bool, Bool()] = False
+    prefetch: Annotated[Any, one_of("auto", True, False, message="must be auto, true or false")] = "auto"
+    eval_videos: Annotated[int, Int(ge=1)] = 8
+    eval_chunk: Annotated[int, Int(ge=1)] = 128
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,11 @@ def to_input(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     x = torch.from_numpy(frames)
     if device.type == "cuda":
         x = x.pin_memory()
+    return frames_to_input(x, device)
+
+
+def frames_to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`to_input` of a uint8 host tensor (pinned on a GPU run: the copy is asynchronous)."""
     x = x.to(device, non_blocking=True)
     return x.movedim(-1, -3).float().div_(127.5).sub_(1.0)
 
@@ -45,15 +50,24 @@ class InputNorm(torch.nn.Module):
         return f"mean={self.mean}, std={self.std}"
 
 
-def batch_arrays(videos, picks: list[tuple[int, int]], seq_len: int,
-                 labels: Callable[[Any], tuple[np.ndarray, ...]] = lambda v: (v.phases,)
-                 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Host arrays of the picked sequences ((video index, start frame) each): frames
-    (B, T, H, W, 3) uint8 and each of `labels(video)`'s per-frame arrays as (B, T, ...)."""
-    frames = np.stack([np.asarray(videos[v].frames[s:s + seq_len]) for v, s in picks])
+def sequence_arrays(videos, picks: list[tuple[int, int]], seq_len: int,
+                    labels: Callable[[Any], tuple[np.ndarray, ...]] = lambda v: (v.phases,)
+                    ) -> tuple[list[np.ndarray], tuple[np.ndarray, ...]]:
+    """Host arrays of the picked sequences ((video index, start frame) each): each sequence's
+    frames (T, H, W, 3) uint8, not yet stacked (the prefetcher stacks them into a reused
+    buffer), and each of `labels(video)`'s per-frame arrays stacked as (B, T, ...)."""
+    frames = [np.asarray(videos[v].frames[s:s + seq_len]) for v, s in picks]
     per_label = zip(*(labels(videos[v]) for v, _ in picks))
     return frames, tuple(np.stack([lab[s:s + seq_len] for lab, (_, s) in zip(per_video, picks)])
                          for per_video in per_label)
+
+
+def batch_arrays(videos, picks: list[tuple[int, int]], seq_len: int,
+                 labels: Callable[[Any], tuple[np.ndarray, ...]] = lambda v: (v.phases,)
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """`sequence_arrays` with the frames stacked: (B, T, H, W, 3) uint8."""
+    frames, host_labels = sequence_arrays(videos, picks, seq_len, labels)
+    return np.stack(frames), host_labels
 
 
 def make_batch(videos, picks: list[tuple[int, int]], seq_len: int, device: torch.device,

@@ -1,7 +1,21 @@
 """Online evaluation of whole videos, in order, the head's state carried from chunk to chunk as
-a deployed model would run them; and gathering per-video records across DDP ranks."""
+a deployed model would run them; and gathering per-video records across DDP ranks.
+
+Several videos run together as lanes of one batch (`performance.eval_videos`), each with its
+own carried state and its own end: when a lane's video ends, the next video (longest first, so
+that the lanes end close together) starts on it with a reset state. Every pass has the same
+shape (lanes x `eval_chunk` frames, or the longest video's frames if fewer; a video's last
+chunk and an idle lane are zero-padded), so cuDNN autotuning and `torch.compile` see one shape. Padding changes nothing: the heads are
+causal and eval-mode norms are per frame, so a frame's output depends on its video's frames up
+to it only (the leakage probe checks the heads). Outputs and the loss stay on the device until
+a video ends; the host batches are built in the background (`pitfalls.train.prefetch`) when
+the run prefetches.
+"""
 
 from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -9,36 +23,97 @@ import torch.distributed as dist
 
 from pitfalls.config import PerformanceSpec
 from pitfalls.data.base import Video
-from pitfalls.models.video_model import VideoModel, chunk_bounds, forward_video
+from pitfalls.models.video_model import VideoModel
 from pitfalls.train.fast import FastPath, frames_layout, resolve
+from pitfalls.train.prefetch import HostBatch, feeder
 from pitfalls.train.tasks import Task
 
-EVAL_CHUNK = 64  # frames per forward pass in evaluation; the head's state is carried across chunks
+Piece = tuple[int, int, int]  # (video index, start, stop) of one lane in one pass
+
+
+@dataclass(frozen=True)
+class LaneStep:
+    """One pass: per lane its piece (None: idle) and whether it starts a video (state reset)."""
+
+    pieces: tuple[Piece | None, ...]
+    starts: tuple[bool, ...]
+
+
+def lane_schedule(lengths: list[int], lanes: int, chunk: int) -> list[LaneStep]:
+    """The passes that evaluate videos of `lengths` on min(lanes, videos) lanes in chunks of
+    `chunk` frames: a lane takes the next video (longest first) when its video has ended."""
+    queue = deque(sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)))
+    current: list[list[int] | None] = [None] * min(lanes, len(lengths))  # per lane [video, next]
+    steps = []
+    while True:
+        pieces, starts = [], []
+        for i, lane in enumerate(current):
+            start = lane is None or lane[1] >= lengths[lane[0]]
+            if start:
+                lane = current[i] = [queue.popleft(), 0] if queue else None
+            if lane is None:
+                pieces.append(None)
+                starts.append(False)
+                continue
+            video, a = lane
+            b = min(a + chunk, lengths[video])
+            pieces.append((video, a, b))
+            starts.append(start)
+            lane[1] = b
+        if all(p is None for p in pieces):
+            return steps
+        steps.append(LaneStep(tuple(pieces), tuple(starts)))
+
+
+def _host_batch(videos: list[Video], step: LaneStep, chunk: int) -> HostBatch:
+    empty = np.zeros((0,), dtype=np.uint8)
+    return HostBatch([np.asarray(videos[p[0]].frames[p[1]:p[2]]) if p else empty
+                      for p in step.pieces], chunk)
 
 
 @torch.no_grad()
 def evaluate(model: VideoModel, videos: list[Video], task: Task, device: torch.device,
-             fast: FastPath | None = None, outputs_of: list | None = None) -> tuple[list, float, int]:
-    """Per-video records of `task`, the summed loss and the frame count over `videos`; with
-    `outputs_of`, each video's (T, outputs) model output is appended to it (for predictions)."""
+             fast: FastPath | None = None, outputs_of: list | None = None, *,
+             lanes: int | None = None, chunk: int | None = None) -> tuple[list, float, int]:
+    """Per-video records of `task` (in the order of `videos`), the summed loss and the frame
+    count over `videos`; with `outputs_of`, each video's (T, outputs) model output is appended
+    to it (for predictions). `lanes` and `chunk` default to the fast path's `eval_videos` and
+    `eval_chunk`."""
     model.eval()
     fast = fast or resolve(PerformanceSpec(), device)
-    records, loss_sum, frames = [], 0.0, 0
-    for video in videos:
-        labels = task.labels(video)
-        outputs = []
-        for start, stop, out in forward_video(model, video.frames, chunk_bounds(len(video), EVAL_CHUNK), device,
-                                              prepare=lambda x: frames_layout(x, fast),
-                                              autocast=fast.autocast):
-            y = [torch.from_numpy(lab[None, start:stop]).to(device) for lab in labels]
-            loss_sum += task.loss(out, y).item() * (stop - start)
-            outputs.append(out[0].cpu().numpy())
-        output = np.concatenate(outputs)
-        records.append(task.video_record(output, video))
+    lengths = [len(v) for v in videos]
+    # never longer than the longest video: short videos would be mostly padding
+    lanes, chunk = lanes or fast.eval_videos, min(chunk or fast.eval_chunk, max(lengths, default=1))
+    outputs: list[torch.Tensor | None] = [None] * len(videos)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    pieces: dict[int, list[torch.Tensor]] = {}
+    schedule = lane_schedule(lengths, lanes, chunk)
+    state = None
+    reset = model.head.lanes.reset
+    with feeder(lambda step: _host_batch(videos, step, chunk), device, fast.prefetch) as feed:
+        for (step, _), (x, _) in feed.batches((s, None) for s in schedule):
+            if any(step.starts):
+                state = reset(state, np.asarray(step.starts), device)
+            with fast.autocast():
+                out, state = model(frames_layout(x, fast), state)
+            out = out.float()
+            for lane, piece in enumerate(step.pieces):
+                if piece is None:
+                    continue
+                video, a, b = piece
+                pieces.setdefault(video, []).append(out[lane, :b - a])
+                if b == lengths[video]:  # the video has ended: its loss, on the device
+                    whole = torch.cat(pieces.pop(video))
+                    labels = [torch.from_numpy(lab[None]).to(device) for lab in task.labels(videos[video])]
+                    loss_sum += task.loss(whole[None], labels).double() * len(whole)
+                    outputs[video] = whole
+    records = []
+    for video, output in zip(videos, outputs):
+        host = output.cpu().numpy()
+        records.append(task.video_record(host, video))
         if outputs_of is not None:
-            outputs_of.append(output)
-        frames += len(video)
-    return records, loss_sum, frames
+            outputs_of.append(host)
+    return records, loss_sum.item(), sum(lengths)
 
 
 def gather(records: list, loss_sum: float, frames: int, rank: int, world_size: int):

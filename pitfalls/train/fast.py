@@ -32,6 +32,9 @@ class FastPath:
     cudnn_benchmark: bool
     grad_accumulation: int
     activation_checkpointing: bool
+    prefetch: bool  # training batches built in a background thread (`pitfalls.train.prefetch`)
+    eval_videos: int  # videos evaluated together as lanes (`pitfalls.train.evaluation`)
+    eval_chunk: int  # frames per lane per evaluation pass
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -47,7 +50,9 @@ class FastPath:
         return {"precision": self.precision, "channels_last": str(self.channels_last),
                 "compile": str(self.compile), "cudnn_benchmark": str(self.cudnn_benchmark),
                 "grad_accumulation": str(self.grad_accumulation),
-                "activation_checkpointing": str(self.activation_checkpointing)}
+                "activation_checkpointing": str(self.activation_checkpointing),
+                "prefetch": str(self.prefetch), "eval_videos": str(self.eval_videos),
+                "eval_chunk": str(self.eval_chunk)}
 
 
 def resolve(perf: PerformanceSpec, device: torch.device) -> FastPath:
@@ -64,9 +69,10 @@ def resolve(perf: PerformanceSpec, device: torch.device) -> FastPath:
         raise ValueError(f"performance.precision: 'bf16' is not supported by "
                          f"{torch.cuda.get_device_name(device)}; use 'fp16' or 'auto'")
     channels_last = cuda if perf.channels_last == "auto" else bool(perf.channels_last)
+    prefetch = cuda if perf.prefetch == "auto" else bool(perf.prefetch)
     return FastPath(device.type, precision, channels_last, perf.compile,
                     perf.cudnn_benchmark and cuda, perf.grad_accumulation,
-                    perf.activation_checkpointing)
+                    perf.activation_checkpointing, prefetch, perf.eval_videos, perf.eval_chunk)
 
 
 def prepare_model(model: nn.Module, fast: FastPath) -> nn.Module:

@@ -28,7 +28,7 @@ from pitfalls.config.modes import MODES
 from pitfalls.data.base import VideoData
 from pitfalls.data.load import anticipation_tools, load_data
 from pitfalls.data.sampler import CarriedSampler, FrameSampler, SequenceSampler
-from pitfalls.models.inputs import make_batch
+from pitfalls.models.inputs import make_batch, sequence_arrays
 from pitfalls.models.norms import NormOptions
 from pitfalls.models.precise_bn import batch_stat_layers, update_bn_stats
 from pitfalls.models.pretrained import REINIT_KEY, reinit_params
@@ -41,6 +41,7 @@ from pitfalls.train.evaluation import evaluate, gather
 from pitfalls.train.fast import FastPath, Stepper, prepare_model, resolve
 from pitfalls.train.optim import make_optimizer
 from pitfalls.train.predictions import write_predictions
+from pitfalls.train.prefetch import HostBatch, HostBuffers, draws, feeder
 from pitfalls.train.selection import Selection, selected_weights
 from pitfalls.train.tasks import Task, make_task, training_loss
 
@@ -94,6 +95,7 @@ class Run:
     state: State | None = None  # the head's carried state (carry_hidden)
     history: list[dict] = field(default_factory=list)
     first_epoch: int = 1
+    buffers: HostBuffers | None = None  # the training batches' host buffers, reused across epochs
 
     @property
     def batch_len(self) -> int:
@@ -103,6 +105,12 @@ class Run:
     def batch(self, picks: list[tuple[int, int]]):
         return make_batch(self.data.train, self.d.share(picks), self.batch_len,
                           self.device, self.task.labels)
+
+    def host_batch(self, picks: list[tuple[int, int]]) -> HostBatch:
+        """This rank's share of a training batch on the host (built by the feeder's thread)."""
+        frames, labels = sequence_arrays(self.data.train, self.d.share(picks), self.batch_len,
+                                         self.task.labels)
+        return HostBatch(frames, self.batch_len, labels)
 
     def extra_batches(self, n: int) -> list[torch.Tensor]:
         return [self.batch(self.extra.sample())[0] for _ in range(n)]
@@ -215,18 +223,22 @@ def train_epoch(run: Run) -> float:
     run.net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     lanes = run.model.head.lanes
-    for _ in range(steps):
-        # same draw on every rank: each rank takes its share of the sequences (lanes)
-        if p.carry_hidden:
-            picks, reset = run.sampler.sample()
-            run.state = lanes.reset(run.state, np.asarray(run.d.share(list(reset))), run.device)
-        else:
-            picks, run.state = run.sampler.sample(), None
-        x, labels = run.batch(picks)
-        x = augment(x, run.cfg.study.augmentation, run.aug_rng)
-        loss, new_state = run.stepper.step(x, labels, run.state)
-        run.state = new_state if p.carry_hidden else None
-        loss_sum += loss
+    if run.buffers is None:
+        run.buffers = HostBuffers(run.device)
+    # The draws are made here, in step order and within the epoch; the feeder builds the
+    # batches (in a background thread when the run prefetches): the same batches either way.
+    with feeder(run.host_batch, run.device, run.fast.prefetch, run.buffers) as feed:
+        for (_, reset), (x, labels) in feed.batches(draws(run.sampler.sample, steps,
+                                                              p.carry_hidden)):
+            # same draw on every rank: each rank takes its share of the sequences (lanes)
+            if p.carry_hidden:
+                run.state = lanes.reset(run.state, np.asarray(run.d.share(list(reset))), run.device)
+            else:
+                run.state = None
+            x = augment(x, run.cfg.study.augmentation, run.aug_rng)
+            loss, new_state = run.stepper.step(x, labels, run.state)
+            run.state = new_state if p.carry_hidden else None
+            loss_sum += loss
     train_loss = loss_sum.item() / steps
     if run.d.world_size > 1:
         t = torch.tensor([train_loss], dtype=torch.float64, device=run.device)  # NCCL: on GPU

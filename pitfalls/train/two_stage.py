@@ -30,7 +30,6 @@ from pitfalls.models.temporal import training_loss
 from pitfalls.models.video_model import chunk_bounds
 from pitfalls.train import checkpoint as ckpt
 from pitfalls.train.cheat_gap import cheat_gap_metrics, cheat_gap_records
-from pitfalls.train.evaluation import EVAL_CHUNK
 from pitfalls.train.fast import frames_layout
 from pitfalls.train.features import FeatureStore, MemoryFeatures, fingerprint
 from pitfalls.train.loop import Report, Run, _probe, restore, run_epochs, setup
@@ -57,9 +56,10 @@ class HeadRun:
 
 @torch.no_grad()
 def extract(model: torch.nn.Module, video: Video, device: torch.device, fast) -> np.ndarray:
-    """(T, F) float32 features of every frame of `video` (the model in eval mode)."""
+    """(T, F) float32 features of every frame of `video` (the model in eval mode), as many
+    frames per pass as the lane evaluation runs (`eval_videos` x `eval_chunk`)."""
     out = []
-    for start, stop in chunk_bounds(len(video), EVAL_CHUNK):
+    for start, stop in chunk_bounds(len(video), fast.eval_videos * fast.eval_chunk):
         x = frames_layout(to_input(np.asarray(video.frames[start:stop]), device), fast)
         with fast.autocast():
             out.append(model.frame_features(x).float().cpu())

@@ -1,5 +1,6 @@
 """A node dies mid-trial: Ray Train restarts the worker group on the remaining nodes from the
-last checkpoint, and the study completes (a 3-node cluster on this machine, in its own process)."""
+last checkpoint, and the study completes (a cluster of a head and three worker nodes on this
+machine, in its own process). Also the test of a 2-worker DDP trial in Ray Train."""
 
 import json
 import subprocess
@@ -44,3 +45,8 @@ def test_trial_survives_losing_a_worker_node(tmp_path):
     assert len(child) == 1 and child[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(child[0].info.run_id, "train_loss")]
     assert sorted(steps) == [1, 2, 3, 4]
+    # DDP in Ray Train: two workers, rank 0 alone logs (one value per epoch), and the Ray Train
+    # run lives in the study directory
+    sizes = client.get_metric_history(child[0].info.run_id, "world_size")
+    assert sorted((m.step, m.value) for m in sizes) == [(e, 2.0) for e in (1, 2, 3, 4)]
+    assert (study_dir / "train").is_dir()

@@ -262,6 +262,7 @@ def test_optuna_study_killed_again_and_again_resumes_to_exactly_its_trials(tmp_p
     runs = client.search_runs([client.get_experiment_by_name("okill").experiment_id])
     children = [r for r in runs if r.data.tags.get("pitfalls.role") == "trial"]
     assert sorted(c.data.tags["pitfalls.trial_id"] for c in children) == sorted(complete), context
+    assert len({c.data.params["lr"] for c in children}) == OPTUNA_TRIALS  # sampled, not fixed
     for c in children:
         assert c.info.status == "FINISHED", context
         history = client.get_metric_history(c.info.run_id, "train_loss")

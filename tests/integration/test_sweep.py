@@ -80,24 +80,6 @@ def test_grid_sweep_logs_to_a_real_mlflow_server(ray_session, mlflow_server, tmp
         run_study(spec, tmp_path / "grid-server", tracking_uri=mlflow_server, out=io.StringIO())
 
 
-def test_optuna_sweep_with_default_sqlite_store(ray_session, tmp_path):
-    import optuna
-
-    raw = tiny_study(name="optuna-sqlite", searcher={"type": "optuna", "sampler": "tpe",
-                                                    "num_samples": 2, "seed": 1})
-    outcome = run_study(parse_study(raw), tmp_path / "opt", out=io.StringIO())
-    assert (outcome.completed, outcome.failed) == (2, 0)
-    _, parents, children = _runs(f"sqlite:///{tmp_path / 'opt' / 'mlflow.db'}", "optuna-sqlite")
-    assert len(parents) == 1 and len(children) == 2
-    assert all(c.info.status == "FINISHED" for c in children)
-    state = json.loads((tmp_path / "opt" / "state.json").read_text())  # named by the study's id
-    study = optuna.load_study(study_name=state["study_id"],
-                              storage=f"sqlite:///{tmp_path / 'opt' / 'optuna.db'}")
-    assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
-    lrs = {c.data.params["lr"] for c in children}
-    assert len(lrs) == 2  # the nuisance parameter was sampled, not fixed
-
-
 def test_failed_trial_is_recorded_as_failed_with_its_error(ray_session, tmp_path):
     bad_weights = tmp_path / "weights.pt"
     bad_weights.write_text("not a checkpoint")
@@ -111,19 +93,6 @@ def test_failed_trial_is_recorded_as_failed_with_its_error(ray_session, tmp_path
     row = pq.read_table(tmp_path / "failing" / "results.parquet").to_pylist()[0]
     assert row["status"] == "failed" and row["error"]
     assert "| group |" in outcome.table_markdown and "| 1 |" in outcome.table_markdown
-
-
-def test_multi_worker_trial_runs_ddp_in_ray_train(ray_session, tmp_path):
-    """workers: 2 -> TorchTrainer with two gloo workers; rank 0 alone logs to MLflow."""
-    raw = tiny_study(name="ddp", resources={"workers": 2, "cpus_per_worker": 1})
-    raw["search_space"]["factors"]["norm"] = ["group"]
-    outcome = run_study(parse_study(raw), tmp_path / "ddp", out=io.StringIO())
-    assert (outcome.completed, outcome.failed) == (1, 0)
-    client, parents, children = _runs(f"sqlite:///{tmp_path / 'ddp' / 'mlflow.db'}", "ddp")
-    assert len(children) == 1 and children[0].info.status == "FINISHED"
-    sizes = client.get_metric_history(children[0].info.run_id, "world_size")
-    assert [m.value for m in sizes] == [2.0, 2.0]  # one value per epoch: a single writer
-    assert (tmp_path / "ddp" / "train").is_dir()  # the Ray Train run lives in the study dir
 
 
 def test_backbone_and_temporal_head_are_factors_like_norm(ray_session, tmp_path):

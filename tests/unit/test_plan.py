@@ -52,7 +52,12 @@ def test_memory_estimates_are_within_25_percent_of_measured_peaks():
         shape = (c.params["norm"], c.params["frozen_stages"])
         trainer = trainers.setdefault(shape, _Trainer(spec, *shape, CPU, plan.fast))
         measured, _ = trainer.peak(c.frames_per_micro_step)
-        assert 0.75 <= c.peak_bytes / measured <= 1.25, (c.params, c.peak_bytes, measured)
+        assert 0.75 <= c.train_peak_bytes / measured <= 1.25, (c.params, c.train_peak_bytes, measured)
+        # an evaluation pass of eval_videos x eval_chunk frames (no gradients), weights resident
+        frames = spec.performance.eval_videos * spec.performance.eval_chunk
+        measured = trainer.resident + trainer.transient_bytes(frames)
+        assert 0.75 <= c.eval_peak_bytes / measured <= 1.25, (c.params, c.eval_peak_bytes, measured)
+        assert c.peak_bytes == max(c.train_peak_bytes, c.eval_peak_bytes)
 
 
 def test_freezing_frees_memory_for_longer_sequences():

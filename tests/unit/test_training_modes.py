@@ -174,6 +174,6 @@ def test_plan_costs_each_mode_as_it_trains():
     from pitfalls.models.backbone import backbone_info
 
     features = frames * backbone_info("test_resnet").num_features * 4  # float32, on the device
-    assert by_mode["two_stage"].peak_bytes > features > 0
-    assert by_mode["frame_only"].peak_bytes == plan.shapes[next(
+    assert by_mode["two_stage"].train_peak_bytes > features > 0
+    assert by_mode["frame_only"].train_peak_bytes == plan.shapes[next(
         k for k in plan.shapes if k[-1] == "frame_only")].peak_bytes(by_mode["frame_only"].frames_per_micro_step)
