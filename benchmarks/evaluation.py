@@ -29,11 +29,11 @@ from pitfalls.data.base import Video
 from pitfalls.models.heads import LSTMHead
 from pitfalls.models.video_model import build_model
 from pitfalls.train.evaluation import evaluate
-from pitfalls.train.fast import prepare_model, resolve
+from pitfalls.train.fast import EVAL_AUTO, prepare_model, resolve
 from pitfalls.train.tasks import PhaseTask
 
-ONE_AT_A_TIME = {"lanes": 1, "chunk": 64}  # the evaluation before lanes
-DEFAULTS = PerformanceSpec()
+ONE_AT_A_TIME = {"lanes": 1, "chunk": 64}  # the evaluation before lanes (a CPU's `auto`)
+LANES = dict(zip(("lanes", "chunk"), EVAL_AUTO[True]))  # a GPU's `auto`
 
 
 def random_videos(n: int, frames: int, size: tuple[int, int], seed: int = 0) -> list[Video]:
@@ -70,7 +70,7 @@ def compare(backbone: str, size: tuple[int, int], videos: int, frames: int, devi
                                       load_weights=False).to(device), fast)
     data = random_videos(videos, frames, size)
     settings = {"one video at a time": ONE_AT_A_TIME,
-                "lanes": {"lanes": DEFAULTS.eval_videos, "chunk": DEFAULTS.eval_chunk}}
+                f"{LANES['lanes']} lanes x {LANES['chunk']}": LANES}
     for s in settings.values():  # warm-up: cuDNN autotuning, allocator
         eval_fps(model, data[:2], device, fast, **s)
     fps: dict[str, list[float]] = {k: [] for k in settings}

@@ -456,11 +456,11 @@ def two_stage(ctx: Context) -> dict:
 
 
 def evaluation(ctx: Context) -> dict:
-    """evaluate() one video at a time (lanes=1, chunk=64: the evaluation before lanes) vs its
-    defaults (performance.eval_videos, eval_chunk), on one model."""
+    """evaluate() one video at a time (lanes=1, chunk=64: the evaluation before lanes) vs the
+    lanes a GPU's `auto` runs (performance.eval_videos, eval_chunk), on one model."""
     import torch
     from _e2e import NUM_CLASSES, paper_model
-    from evaluation import ONE_AT_A_TIME
+    from evaluation import LANES, ONE_AT_A_TIME
 
     from pitfalls.train.evaluation import evaluate
     from pitfalls.train.fast import prepare_model
@@ -472,8 +472,8 @@ def evaluation(ctx: Context) -> dict:
     model = prepare_model(paper_model(args).to(device), fast)
     videos = list(_suite_videos(ctx, args))
     run = functools.partial(evaluate, model, videos, PhaseTask(NUM_CLASSES), device, fast)
-    calls = {"lanes=1, chunk=64 (one video at a time)": functools.partial(run, **ONE_AT_A_TIME),
-             f"defaults (lanes={fast.eval_videos}, chunk={fast.eval_chunk})": run}
+    calls = {"lanes=1, chunk=64 (one video at a time; a CPU's auto)": functools.partial(run, **ONE_AT_A_TIME),
+             f"lanes={LANES['lanes']}, chunk={LANES['chunk']} (a GPU's auto)": functools.partial(run, **LANES)}
     frames = sum(len(v) for v in videos)
     timings = _alternate(calls, frames, args)
     fps = [t.fps for t in timings.values()]
@@ -481,7 +481,7 @@ def evaluation(ctx: Context) -> dict:
                f"frames of {args.width}x{args.height}, {fast.precision}; {args.rounds} rounds")
     return {"frames_per_s": {k: t.fps for k, t in timings.items()},
             "tables": {"evaluation": {"caption": caption, "rows": _timing_rows(timings)}},
-            "notes": [f"defaults / one video at a time: {fps[1] / fps[0]:.2f}×"]}
+            "notes": [f"lanes / one video at a time: {fps[1] / fps[0]:.2f}×"]}
 
 
 # ------------------------------------------------------------------------------ host pipeline

@@ -45,12 +45,15 @@ class Int(Marker):
     le: int | None = None
     optional: bool = False
     message: str = ""  # said instead of the bound that failed
+    auto: bool = False  # "auto" allowed too (resolved later, e.g. per device)
 
     def check(self, value: Any) -> Any:
         if value is None and self.optional:
             return None
+        if self.auto and value == "auto":
+            return value
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError("must be an integer")
+            raise ValueError("must be auto or an integer" if self.auto else "must be an integer")
         if self.ge is not None and value < self.ge:
             raise ValueError(self.message or f"must be >= {self.ge}")
         if self.le is not None and value > self.le:

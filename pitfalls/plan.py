@@ -36,7 +36,7 @@ from pitfalls.models.inputs import to_input
 from pitfalls.models.norms import NormOptions
 from pitfalls.models.precise_bn import batch_stat_layers
 from pitfalls.models.video_model import VideoModel, build_model
-from pitfalls.train.fast import FastPath, Stepper, prepare_model, resolve
+from pitfalls.train.fast import FastPath, Stepper, eval_lanes, prepare_model, resolve
 from pitfalls.train.optim import make_optimizer
 from pitfalls.train.tasks import PhaseTask
 
@@ -543,8 +543,10 @@ def _planning_fast_path(spec: StudySpec, device: torch.device) -> FastPath:
     perf = spec.performance
     if device.type == "cpu" and spec.resources.gpus_per_worker:
         precision = "bf16" if perf.precision in ("auto", "fp16") else perf.precision
+        videos, chunk = eval_lanes(perf, cuda=True)
         return replace(resolve(replace(perf, precision=precision), device),
-                       channels_last=perf.channels_last is not False)
+                       channels_last=perf.channels_last is not False, eval_videos=videos,
+                       eval_chunk=chunk)
     return resolve(perf, device)
 
 
@@ -578,7 +580,7 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
         model = next(measured_model(c, (*MODEL_PARAMS, *OPTIMIZER_PARAMS, "training"))
                      for c in configs if shape(c) == key)
         costs[key] = measure_shape(spec, model, device, fast, largest,
-                                   spec.performance.eval_videos * spec.performance.eval_chunk)
+                                   fast.eval_videos * fast.eval_chunk)
     heads = {(c["backbone"], c["temporal_head"]): measure_head(spec, c["backbone"], c["temporal_head"], device, fast)
              for c in configs if c["training"] == "two_stage"}
     plan = StudyPlan(spec, device.type, fast, budget, source, costs, val_frames=_val_frames(spec),
@@ -593,7 +595,7 @@ def plan_study(spec: StudySpec, device: torch.device | None = None,
         (epochs, steps), *second = budget_spec.stages(c["training"])
         trial_s = epochs * (steps * step_s + eval_s + precise_bn_s(spec, c, cost))
         peak = cost.peak_bytes(frames)
-        eval_peak = cost.eval_peak_bytes(spec.performance.eval_videos * spec.performance.eval_chunk)
+        eval_peak = cost.eval_peak_bytes(fast.eval_videos * fast.eval_chunk)
         if second:  # two_stage: features of every frame once, then the head on them
             head = heads[(c["backbone"], c["temporal_head"])]
             (epochs2, steps2), = second

@@ -71,7 +71,8 @@ class PerformanceSpec:
     long sequences, ~30% more compute). `prefetch` builds the next training batch in a background
     thread while the step runs (`auto`: on a GPU; same batches, same order). Evaluation runs
     `eval_videos` videos together as lanes in chunks of `eval_chunk` frames (the same metrics;
-    more of each fills a GPU, and costs memory).
+    more of each fills a GPU, and costs memory; `auto`: 8 x 128 on a GPU, 1 x 64 on a CPU,
+    where batching did not pay, docs/benchmarks.md).
     """
 
     __pydantic_config__ = FORBID_EXTRA
@@ -83,8 +84,8 @@ class PerformanceSpec:
     grad_accumulation: Annotated[int, Int(ge=1)] = 1
     activation_checkpointing: Annotated[bool, Bool()] = False
     prefetch: Annotated[Any, one_of("auto", True, False, message="must be auto, true or false")] = "auto"
-    eval_videos: Annotated[int, Int(ge=1)] = 8
-    eval_chunk: Annotated[int, Int(ge=1)] = 128
+    eval_videos: Annotated[Any, Int(ge=1, auto=True)] = "auto"
+    eval_chunk: Annotated[Any, Int(ge=1, auto=True)] = "auto"
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@ a deployed model would run them; and gathering per-video records across DDP rank
 
 Several videos run together as lanes of one batch (`performance.eval_videos`), each with its
 own carried state and its own end: when a lane's video ends, the next video (longest first, so
-that the lanes end close together) starts on it with a reset state. Every pass has the same
-shape (lanes x `eval_chunk` frames, or the longest video's frames if fewer; a video's last
-chunk and an idle lane are zero-padded), so cuDNN autotuning and `torch.compile` see one shape. Padding changes nothing: the heads are
+that the lanes end close together) starts on it with a reset state. A pass is lanes x
+`eval_chunk` frames, shorter only when every lane has fewer frames left (so a few shapes per
+split, the same every epoch, for cuDNN autotuning and `torch.compile`); a lane with fewer
+frames than the pass, or none, is zero-padded. Padding changes nothing: the heads are
 causal and eval-mode norms are per frame, so a frame's output depends on its video's frames up
 to it only (the leakage probe checks the heads). Outputs and the loss stay on the device until
 a video ends; the host batches are built in the background (`pitfalls.train.prefetch`) when
@@ -25,7 +26,7 @@ from pitfalls.config import PerformanceSpec
 from pitfalls.data.base import Video
 from pitfalls.models.video_model import VideoModel
 from pitfalls.train.fast import FastPath, frames_layout, resolve
-from pitfalls.train.prefetch import HostBatch, feeder
+from pitfalls.train.prefetch import HostBatch, HostBuffers, feeder
 from pitfalls.train.tasks import Task
 
 Piece = tuple[int, int, int]  # (video index, start, stop) of one lane in one pass
@@ -37,6 +38,11 @@ class LaneStep:
 
     pieces: tuple[Piece | None, ...]
     starts: tuple[bool, ...]
+
+    @property
+    def length(self) -> int:
+        """Frames of this pass: its longest piece (a lane with fewer is zero-padded)."""
+        return max(p[2] - p[1] for p in self.pieces if p is not None)
 
 
 def lane_schedule(lengths: list[int], lanes: int, chunk: int) -> list[LaneStep]:
@@ -65,32 +71,32 @@ def lane_schedule(lengths: list[int], lanes: int, chunk: int) -> list[LaneStep]:
         steps.append(LaneStep(tuple(pieces), tuple(starts)))
 
 
-def _host_batch(videos: list[Video], step: LaneStep, chunk: int) -> HostBatch:
+def _host_batch(videos: list[Video], step: LaneStep) -> HostBatch:
     empty = np.zeros((0,), dtype=np.uint8)
     return HostBatch([np.asarray(videos[p[0]].frames[p[1]:p[2]]) if p else empty
-                      for p in step.pieces], chunk)
+                      for p in step.pieces], step.length)
 
 
 @torch.no_grad()
 def evaluate(model: VideoModel, videos: list[Video], task: Task, device: torch.device,
              fast: FastPath | None = None, outputs_of: list | None = None, *,
-             lanes: int | None = None, chunk: int | None = None) -> tuple[list, float, int]:
+             lanes: int | None = None, chunk: int | None = None,
+             buffers: HostBuffers | None = None) -> tuple[list, float, int]:
     """Per-video records of `task` (in the order of `videos`), the summed loss and the frame
     count over `videos`; with `outputs_of`, each video's (T, outputs) model output is appended
     to it (for predictions). `lanes` and `chunk` default to the fast path's `eval_videos` and
-    `eval_chunk`."""
+    `eval_chunk`; `buffers`: host buffers to reuse (a run's, kept across epochs)."""
     model.eval()
     fast = fast or resolve(PerformanceSpec(), device)
     lengths = [len(v) for v in videos]
-    # never longer than the longest video: short videos would be mostly padding
-    lanes, chunk = lanes or fast.eval_videos, min(chunk or fast.eval_chunk, max(lengths, default=1))
+    lanes, chunk = lanes or fast.eval_videos, chunk or fast.eval_chunk
     outputs: list[torch.Tensor | None] = [None] * len(videos)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     pieces: dict[int, list[torch.Tensor]] = {}
     schedule = lane_schedule(lengths, lanes, chunk)
     state = None
     reset = model.head.lanes.reset
-    with feeder(lambda step: _host_batch(videos, step, chunk), device, fast.prefetch) as feed:
+    with feeder(lambda step: _host_batch(videos, step), device, fast.prefetch, buffers) as feed:
         for (step, _), (x, _) in feed.batches((s, None) for s in schedule):
             if any(step.starts):
                 state = reset(state, np.asarray(step.starts), device)

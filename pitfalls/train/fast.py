@@ -72,7 +72,19 @@ def resolve(perf: PerformanceSpec, device: torch.device) -> FastPath:
     prefetch = cuda if perf.prefetch == "auto" else bool(perf.prefetch)
     return FastPath(device.type, precision, channels_last, perf.compile,
                     perf.cudnn_benchmark and cuda, perf.grad_accumulation,
-                    perf.activation_checkpointing, prefetch, perf.eval_videos, perf.eval_chunk)
+                    perf.activation_checkpointing, prefetch, *eval_lanes(perf, cuda))
+
+
+# Evaluation's lanes x chunk under `auto`: a GPU fills with 8 videos of 128 frames per pass; on
+# a CPU batching videos did not pay (benchmarks/evaluation.py: 0.67x), so one at a time in 64s.
+EVAL_AUTO = {True: (8, 128), False: (1, 64)}  # by "is the device a GPU"
+
+
+def eval_lanes(perf: PerformanceSpec, cuda: bool) -> tuple[int, int]:
+    """(eval_videos, eval_chunk) that `perf` resolves to on a GPU (`cuda`) or a CPU."""
+    videos, chunk = EVAL_AUTO[cuda]
+    return (videos if perf.eval_videos == "auto" else perf.eval_videos,
+            chunk if perf.eval_chunk == "auto" else perf.eval_chunk)
 
 
 def prepare_model(model: nn.Module, fast: FastPath) -> nn.Module:

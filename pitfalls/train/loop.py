@@ -95,7 +95,7 @@ class Run:
     state: State | None = None  # the head's carried state (carry_hidden)
     history: list[dict] = field(default_factory=list)
     first_epoch: int = 1
-    buffers: HostBuffers | None = None  # the training batches' host buffers, reused across epochs
+    buffers: HostBuffers | None = None  # host buffers of batches (training, evaluation), kept across epochs
 
     @property
     def batch_len(self) -> int:
@@ -173,7 +173,8 @@ def setup(cfg: TrialConfig, device: torch.device,
     selection = Selection(study.metric.selection, study.metric.mode, study.evaluation.select)
     epochs, steps = study.budget.stages(p.training)[0]
     return Run(cfg, d, device, data, task, fast, model, net, optimizer, stepper, sampler, extra,
-               aug_rng, precise_bn, selection, epochs, steps, mode.frame_batches)
+               aug_rng, precise_bn, selection, epochs, steps, mode.frame_batches,
+               buffers=HostBuffers(device))
 
 
 def restore(run: Run, checkpoint: dict) -> None:
@@ -223,8 +224,6 @@ def train_epoch(run: Run) -> float:
     run.net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     lanes = run.model.head.lanes
-    if run.buffers is None:
-        run.buffers = HostBuffers(run.device)
     # The draws are made here, in step order and within the epoch; the feeder builds the
     # batches (in a background thread when the run prefetches): the same batches either way.
     with feeder(run.host_batch, run.device, run.fast.prefetch, run.buffers) as feed:
@@ -255,8 +254,8 @@ def evaluate_epoch(run: Run, epoch: int) -> dict:
     if run.precise_bn:
         update_bn_stats(run.model, run.extra_batches(run.precise_bn))
     shard = run.data.val[d.rank::d.world_size]
-    records, val_loss_sum, frames = gather(*evaluate(run.model, shard, run.task, run.device, run.fast),
-                                           d.rank, d.world_size)
+    records, val_loss_sum, frames = gather(*evaluate(run.model, shard, run.task, run.device, run.fast,
+                                                     buffers=run.buffers), d.rank, d.world_size)
     metrics = {"val_loss": val_loss_sum / max(frames, 1), **run.task.summarize(records)}
     if run.model.reinitialized is not None:  # the results row's record (pretrained weights)
         metrics[REINIT_KEY] = ",".join(run.model.reinitialized)
@@ -283,7 +282,8 @@ def final_evaluation(run: Run, predictions: Path | None) -> dict:
             mine = list(range(len(videos)))[d.rank::d.world_size]
             outputs: list[np.ndarray] = []
             records, loss_sum, frames = gather(
-                *evaluate(run.model, [videos[i] for i in mine], run.task, run.device, run.fast, outputs),
+                *evaluate(run.model, [videos[i] for i in mine], run.task, run.device, run.fast, outputs,
+                          buffers=run.buffers),
                 d.rank, d.world_size)
             if split == "test":
                 out.update({"test_loss": loss_sum / max(frames, 1), **run.task.summarize(records, "test_")})

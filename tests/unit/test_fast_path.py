@@ -127,7 +127,7 @@ def test_train_records_the_resolved_fast_path_and_resumes_exactly():
     assert seen == [{"precision": "fp32", "channels_last": "False", "compile": "False",
                      "cudnn_benchmark": "False", "grad_accumulation": "2",
                      "activation_checkpointing": "False", "prefetch": "False",
-                     "eval_videos": "8", "eval_chunk": "128"}]
+                     "eval_videos": "1", "eval_chunk": "64"}]
     train(cfg, lambda m, s: states.append(copy.deepcopy(s)), snapshot=True)
     resumed = train(cfg, resume=states[1])
     assert resumed["val_accuracy"] == straight["val_accuracy"]

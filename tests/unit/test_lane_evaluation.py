@@ -35,6 +35,9 @@ def test_the_schedule_covers_every_frame_once_in_order_with_resets_at_starts():
             assert lane_of.setdefault(video, lane) == lane  # a video stays on its lane
             assert seen.get(video, [0])[-1] == a  # consecutive
             seen.setdefault(video, [0]).append(b)
+        # a pass is a whole chunk unless every lane has less left
+        assert s.length == max(p[2] - p[1] for p in s.pieces if p)
+        assert s.length == 4 or all(p is None or p[2] - p[1] < 4 for p in s.pieces)
     assert {v: ends[-1] for v, ends in seen.items()} == dict(enumerate(lengths))
     first = [p[0] for p in steps[0].pieces]
     assert first == [1, 3, 4]  # longest first
