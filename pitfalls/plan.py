@@ -390,10 +390,11 @@ def measure_shape(spec: StudySpec, model: dict, device: torch.device,
 
 
 def eval_line(trainer: "_Trainer", frames: int) -> tuple[float, float]:
-    """(fixed bytes, bytes per frame) of a no-grad forward, fitted where it is linear: at a
-    quarter and an eighth of the evaluation pass's `frames` (at a few frames, fixed
-    workspaces such as GroupNorm's dominate and the slope there is not the slope later)."""
-    hi = max(frames // 4, 2 * PROBE_CAP)
+    """(fixed bytes, bytes per frame) of a no-grad forward, fitted where it is linear: at an
+    eighth and a sixteenth of the evaluation pass's `frames`, 32 frames at least (at a few
+    frames, fixed workspaces such as GroupNorm's dominate and the slope there is not the
+    slope later)."""
+    hi = max(frames // 8, 4 * PROBE_CAP)
     if frames <= hi:
         return trainer.transient_bytes(frames), 0.0
     lo = hi // 2
