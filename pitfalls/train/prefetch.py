@@ -8,10 +8,11 @@ a lazy iterator the feeder pulls at most `depth` steps ahead and never past its 
 epoch's steps), so the batches, their order and the sampler's state at every checkpoint are
 those of the synchronous loop: resume stays bit-exact. Only the copying moves to the thread.
 
-Buffers: a ring of `depth + 2` host buffers per batch shape (pinned on a GPU). On a GPU the
-host-to-device copy is asynchronous, so a buffer is refilled only after the copy that read it
-has finished (a CUDA event per buffer); on a CPU the frames are converted to float before the
-next batch is handed out, which is before their buffer can come round again.
+Buffers: a ring of `depth + 2` host buffers (pinned on a GPU), each holding a batch of any
+shape in its first bytes. On a GPU the host-to-device copy is asynchronous, so a buffer is
+refilled only after the copy that read it has finished (a CUDA event per buffer); on a CPU the
+frames are converted to float before the next batch is handed out, which is before their
+buffer can come round again.
 """
 
 from __future__ import annotations
@@ -60,32 +61,41 @@ Build = Callable[[Any], HostBatch]  # picks -> the host batch
 
 @dataclass
 class _Slot:
-    host: torch.Tensor  # uint8, pinned on a GPU run
+    storage: torch.Tensor  # flat uint8, pinned on a GPU run; grows to the largest batch
+    host: torch.Tensor  # the current batch: a contiguous view of the storage's first bytes
     copied: "torch.cuda.Event | None" = None  # the last host-to-device copy that read it
 
 
 @dataclass
 class HostBuffers:
-    """A ring of reused host buffers per batch shape (kept across epochs)."""
+    """A ring of reused host buffers (kept across epochs). One ring serves every batch shape
+    (training steps, evaluation passes of several lengths): a buffer holds a batch in its first
+    bytes and grows when a larger one comes, so the pinned memory held is `size` x the largest
+    batch, not that per shape."""
 
     device: torch.device
     size: int = 4
-    _rings: dict[tuple, deque] = field(default_factory=dict)
+    _ring: deque = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take(self, shape: tuple[int, ...]) -> _Slot:
-        """The least recently used buffer of `shape`, once no copy reads it any more."""
+        """The least recently used buffer, viewed as `shape`, once no copy reads it any more."""
+        n = int(np.prod(shape))
         with self._lock:
-            ring = self._rings.setdefault(shape, deque())
-            if len(ring) < self.size:
-                slot = _Slot(torch.empty(shape, dtype=torch.uint8,
-                                         pin_memory=self.device.type == "cuda"))
-            else:
-                slot = ring.popleft()
-            ring.append(slot)
+            slot = self._ring.popleft() if len(self._ring) == self.size else None
+            if slot is None:
+                slot = _Slot(self._alloc(n), torch.empty(0, dtype=torch.uint8))
+            self._ring.append(slot)
         if slot.copied is not None:
             slot.copied.synchronize()
+            slot.copied = None
+        if slot.storage.numel() < n:
+            slot.storage = self._alloc(n)
+        slot.host = slot.storage[:n].view(shape)
         return slot
+
+    def _alloc(self, n: int) -> torch.Tensor:
+        return torch.empty(n, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
 
 
 def _to_device(slot: _Slot, labels: tuple[np.ndarray, ...], device: torch.device) -> Batch:

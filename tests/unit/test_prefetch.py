@@ -88,9 +88,12 @@ def test_padded_lanes_and_buffer_rings():
     buffers = HostBuffers(CPU, size=2)
     a, b, c = (buffers.take((2, 3, 4, 4, 3)) for _ in range(3))
     assert a is not b and c is a  # a ring of 2: the third take reuses the first buffer
-    slot = buffers.take((1, 5, 4, 4, 3))
+    slot = buffers.take((1, 5, 4, 4, 3))  # another shape: the same ring, a view of its storage
+    assert slot is b and slot.host.shape == (1, 5, 4, 4, 3) and slot.host.is_contiguous()
     HostBatch([np.full((2, 4, 4, 3), 7, np.uint8)], 5).fill(slot.host.numpy())
     assert slot.host[0, :2].eq(7).all() and slot.host[0, 2:].eq(0).all()
+    big = buffers.take((4, 5, 4, 4, 3))  # larger than any so far: its storage grows
+    assert big is c and big.storage.numel() == 4 * 5 * 4 * 4 * 3
 
 
 def _cfg(prefetch, carry_hidden):
