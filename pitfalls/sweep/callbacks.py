@@ -32,6 +32,16 @@ def _short(config: dict, keys: list[str]) -> str:
     return " ".join(f"{k}={fmt(config[k])}" for k in keys if k in config)
 
 
+def _tell_optuna() -> None:
+    """Optuna hears of a trial's end only after its row is written (`optuna_search.tell_untold`;
+    nothing waits in a grid study, and Optuna is not imported for one)."""
+    import sys
+
+    module = sys.modules.get("pitfalls.sweep.optuna_search")
+    if module is not None:
+        module.tell_untold()
+
+
 def _error_text(trial) -> str:
     path = getattr(trial, "error_file", None)
     if path and Path(path).is_file():
@@ -217,6 +227,8 @@ class ResultsRecorder(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trial, "completed", None)
+        _tell_optuna()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trial, "failed", _error_text(trial))
+        _tell_optuna()

@@ -28,6 +28,7 @@ class StudyOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch, resumable after a kill at any point (see the module docstring)."""
 
     def suggest(self, trial_id: str):
+        tell_untold()  # the sampler sees every finished trial
         params = super().suggest(trial_id)
         if params is not None and trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(TRIAL_ATTR, trial_id)
@@ -64,10 +65,30 @@ class StudyOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        """Told once the study's results hold the trial (`tell_untold`, which the results
+        recorder calls after writing its row; also before the next `suggest`): Tune tells its
+        searcher before its callbacks run, and a driver killed in between left a trial
+        COMPLETE in Optuna that no results row held, so a resume sampled a replacement."""
+        _UNTOLD.append((self, trial_id, result, error))
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         if trial_id not in self._completed_trials and self._open_trial(trial_id) is None:
             self._completed_trials.add(trial_id)  # already told: a second tell would fail
             return
         super().on_trial_complete(trial_id, result, error)
+
+
+# completions waiting for their tell, in this (the driver's) process: (searcher, trial, result, error)
+_UNTOLD: list[tuple[StudyOptunaSearch, str, dict | None, bool]] = []
+
+
+def tell_untold() -> None:
+    """Tell Optuna the completions Tune reported; called once their results rows are written.
+    A driver killed before leaves them RUNNING in Optuna, and `settle` closes them with the
+    recorded values."""
+    while _UNTOLD:
+        searcher, trial_id, result, error = _UNTOLD.pop(0)
+        searcher._tell(trial_id, result, error)
 
 
 def settle(storage_url: str, study_names: list[str], rows: dict[str, dict], metric: str) -> dict[str, int]:

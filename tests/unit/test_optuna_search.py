@@ -8,7 +8,8 @@ import optuna
 import pytest
 from ray import tune
 
-from pitfalls.sweep.optuna_search import ORPHAN_ATTR, TRIAL_ATTR, StudyOptunaSearch, settle
+from pitfalls.sweep import optuna_search
+from pitfalls.sweep.optuna_search import ORPHAN_ATTR, TRIAL_ATTR, StudyOptunaSearch, settle, tell_untold
 
 
 @pytest.fixture
@@ -29,14 +30,32 @@ def test_a_trial_told_complete_before_the_kill_is_not_reported_to_again(searcher
     s.suggest("t1")
     s.on_trial_result("t1", _result(0.5))
     s.on_trial_complete("t1", _result(0.6, 2))
+    tell_untold()  # what the results recorder calls once its row is written
     study = optuna.load_study(study_name="study-1234", storage=url)
     assert study.trials[0].user_attrs[TRIAL_ATTR] == "t1"
     # the resumed driver: its searcher (from an older pickle) does not know t1 was told
     s._completed_trials.clear()
     s.on_trial_result("t1", _result(0.6, 2))  # raised UpdateFinishedTrialError before
     s.on_trial_complete("t1", _result(0.6, 2))
+    tell_untold()  # what the results recorder calls once its row is written
     trial = optuna.load_study(study_name="study-1234", storage=url).trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.6
+
+
+def test_optuna_hears_of_a_trial_end_only_after_its_results_row(searcher):
+    """Tune tells its searcher before its callbacks write the results row: a kill in between
+    left a trial COMPLETE in Optuna that no row held. The tell now waits for the recorder."""
+    s, url = searcher
+    s.suggest("t1")
+    s.on_trial_complete("t1", _result(0.6, 2))  # Tune's order: the searcher first ...
+    trial = optuna.load_study(study_name="study-1234", storage=url).trials[0]
+    assert trial.state == optuna.trial.TrialState.RUNNING  # ... a kill here: settle closes it
+    tell_untold()  # ... then the recorder, after its row
+    trial = optuna.load_study(study_name="study-1234", storage=url).trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.6
+    s.on_trial_complete("t2", _result(0.1))  # never suggested: nothing to tell, nothing raised
+    s.suggest("t3")  # a suggestion tells what waits first
+    assert not optuna_search._UNTOLD
 
 
 def test_a_trial_its_pickle_lacks_is_found_by_its_tune_id(searcher):
@@ -45,6 +64,7 @@ def test_a_trial_its_pickle_lacks_is_found_by_its_tune_id(searcher):
     s._ot_trials.clear()  # Tune's experiment state has t1, the searcher's older pickle does not
     s.on_trial_result("t1", _result(0.4))
     s.on_trial_complete("t1", _result(0.7, 2))
+    tell_untold()  # what the results recorder calls once its row is written
     trial = optuna.load_study(study_name="study-1234", storage=url).trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.7
     assert trial.intermediate_values == {1: 0.4}
@@ -55,6 +75,7 @@ def test_settle_closes_what_a_finished_study_left_running(searcher):
     for tid in ("told", "untold", "failed"):
         s.suggest(tid)
     s.on_trial_complete("told", _result(0.9))
+    tell_untold()  # what the results recorder calls once its row is written
     study = optuna.load_study(study_name="study-1234", storage=url)
     study.ask()  # asked just before a kill: Tune never ran it, it has no Tune id
     rows = {"told": {"status": "completed", "final_val_accuracy": 0.9},
