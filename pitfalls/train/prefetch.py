@@ -98,6 +98,14 @@ class HostBuffers:
         return torch.empty(n, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
 
 
+def _on_host(build: Build, buffers: HostBuffers, picks: Any) -> tuple[_Slot, tuple[np.ndarray, ...]]:
+    """The batch of `picks` built into a buffer of the ring (the feeder thread's work)."""
+    batch = build(picks)
+    slot = buffers.take(batch.shape)
+    batch.fill(slot.host.numpy())
+    return slot, batch.labels
+
+
 def _to_device(slot: _Slot, labels: tuple[np.ndarray, ...], device: torch.device) -> Batch:
     x = frames_to_input(slot.host, device)
     if device.type == "cuda":
@@ -124,12 +132,6 @@ class Prefetcher:
     def __exit__(self, *exc) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _host(self, picks: Any) -> tuple[_Slot, tuple[np.ndarray, ...]]:
-        batch = self.build(picks)
-        slot = self.buffers.take(batch.shape)
-        batch.fill(slot.host.numpy())
-        return slot, batch.labels
-
     def batches(self, draws: Iterator[Draw]) -> Iterator[tuple[Draw, Batch]]:
         """(draw, its batch on the device) for each draw, in order."""
         pending: deque[tuple[Draw, Future]] = deque()
@@ -137,7 +139,7 @@ class Prefetcher:
         def submit() -> None:
             draw = next(draws, None)
             if draw is not None:
-                pending.append((draw, self._pool.submit(self._host, draw[0])))
+                pending.append((draw, self._pool.submit(_on_host, self.build, self.buffers, draw[0])))
 
         for _ in range(self.depth):
             submit()
@@ -163,10 +165,7 @@ class Synchronous:
 
     def batches(self, draws: Iterator[Draw]) -> Iterator[tuple[Draw, Batch]]:
         for draw in draws:
-            batch = self.build(draw[0])
-            slot = self.buffers.take(batch.shape)
-            batch.fill(slot.host.numpy())
-            yield draw, _to_device(slot, batch.labels, self.device)
+            yield draw, _to_device(*_on_host(self.build, self.buffers, draw[0]), self.device)
 
 
 def feeder(build: Build, device: torch.device, prefetch: bool,
