@@ -218,7 +218,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     try:
         rep = reproduce(Path(args.out), address=args.address, tracking_uri=args.mlflow_uri,
-                        seeds=args.seeds, steps_per_epoch=args.steps_per_epoch)
+                        seeds=args.seeds, steps_per_epoch=args.steps_per_epoch, quick=args.quick,
+                        pretrain_steps=args.pretrain_steps)
     except (StudySetupError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -334,16 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "else ./NAME-report.html); json: every number; csv: the table")
     report.set_defaults(func=_report)
     repro = sub.add_parser("reproduce", help="the papers' findings F1-F4 on synthetic video: three "
-                                             "small studies and a significance test per finding "
-                                             "(about 15 min on 2 CPU cores)")
+                                             "small studies, seeds from a power analysis, and a "
+                                             "significance test per finding (docs/reproduction.md)")
     repro.add_argument("--out", default="runs/reproduction",
                        help="where the studies and reproduction.md go (default: runs/reproduction); "
                             "run again with the same --out to continue an interrupted run")
     repro.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: a sqlite "
                                                           "file per study)")
     repro.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
+    repro.add_argument("--quick", action="store_true",
+                       help="10 seeds per study instead of the power analysis's (F3/F4 then have "
+                            "little power: the report gives each comparison's)")
     repro.add_argument("--seeds", type=int, nargs="+", default=None,
-                       help="seeds instead of the studies' 0..9 (fewer seeds: weaker tests)")
+                       help="these seeds in every study (fewer seeds: weaker tests)")
+    repro.add_argument("--pretrain-steps", type=int, default=None,
+                       help="stand-in pretraining steps instead of 1000 (a smoke run)")
     repro.add_argument("--steps-per-epoch", type=int, default=None,
                        help="training steps per epoch instead of the studies' 150 (a smoke run)")
     repro.set_defaults(func=_reproduce)

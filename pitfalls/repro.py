@@ -7,14 +7,14 @@ the paired t-test and Wilcoxon signed-rank p-values, Holm-adjusted over the repr
 primary comparisons (secondary ones are reported unadjusted). A finding holds when each of its
 primary comparisons points the paper's way with a 95% interval that excludes 0 and a
 Holm-adjusted t-test p below 0.05 (and, for F2 and F3, the probe and memory checks listed with
-it). Nothing here knows what the numbers should be.
+it). Nothing here knows what the numbers should be. The seeds per study come from a power
+analysis on earlier runs (`pitfalls.repro_power`), unless `quick` runs the studies' own 10.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,13 +25,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pitfalls.fileio import atomic_write
+from pitfalls.machine import describe, machine_info
 from pitfalls.markdown import table
 from pitfalls.probes.registry import LEAK_FLAG
 from pitfalls.results.schema import metric_column
 from pitfalls.results.stats import _compare, holm
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies" / "repro"
-PRETRAINED = "pretrained/test_resnet_synthetic.pt"
+HF_HOME = "hf"  # under the output directory: the stand-in "pretrained" weights' Hugging Face cache
+PRETRAIN_THREADS = 1  # fixed, as each trial's (cpus_per_worker): the bits must not follow core counts
 
 
 @dataclass(frozen=True)
@@ -48,22 +50,26 @@ class Comparison:
     claim: str
     primary: bool = True  # part of the verdict; secondary rows are reported only
 
+    @property
+    def key(self) -> str:
+        return f"{self.finding} {_config(self.baseline)} -> {_config(self.better)}"
+
 
 COMPARISONS = [
-    Comparison("F1", "repro_f1_norm", "val_accuracy", {"norm": "batch"}, {"norm": "group"}, +1,
+    Comparison("F1", "repro_f1_norm", "test_accuracy", {"norm": "batch"}, {"norm": "group"}, +1,
                "GroupNorm reaches a higher validation accuracy than BatchNorm (one video per batch)"),
     Comparison("F2", "repro_f2_cheating", "train_cheat_gap", {"norm": "group"}, {"norm": "batch"}, +1,
                "BN's error with running statistics exceeds its error with the sequence's own "
                "statistics (training videos) by more than GroupNorm's"),
     Comparison("F2", "repro_f2_cheating", "val_cheat_gap", {"norm": "group"}, {"norm": "batch"}, +1,
                "the same gap on held-out videos (reported, not part of the verdict)", primary=False),
-    Comparison("F3", "repro_f3_f4_freeze_seq", "val_accuracy",
+    Comparison("F3", "repro_f3_f4_freeze_seq", "test_accuracy",
                {"frozen_stages": 0, "seq_len": 8}, {"frozen_stages": 2, "seq_len": 48}, +1,
                "frozen stem + 2 stages at 48 frames beats no freezing at 8 frames"),
-    Comparison("F4", "repro_f3_f4_freeze_seq", "val_accuracy",
+    Comparison("F4", "repro_f3_f4_freeze_seq", "test_accuracy",
                {"frozen_stages": 0, "seq_len": 8}, {"frozen_stages": 0, "seq_len": 48}, +1,
                "48-frame sequences beat 8-frame sequences (no freezing)"),
-    Comparison("F4", "repro_f3_f4_freeze_seq", "val_accuracy",
+    Comparison("F4", "repro_f3_f4_freeze_seq", "test_accuracy",
                {"frozen_stages": 2, "seq_len": 8}, {"frozen_stages": 2, "seq_len": 48}, +1,
                "48-frame sequences beat 8-frame sequences (2 stages frozen)"),
 ]
@@ -81,7 +87,10 @@ class Reproduction:
     checks: list[dict] = field(default_factory=list)  # non-statistical conditions (probe, memory)
     verdicts: dict[str, bool] = field(default_factory=dict)
     wall_s: dict[str, float] = field(default_factory=dict)
-    machine: str = ""
+    machine: dict[str, str] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)  # per study
+    power: list[dict] = field(default_factory=list)  # per primary comparison (repro_power)
+    standin_sha256: str = ""  # the stand-in pretrained weights: the first stage two machines share
 
 
 def _values(results: pa.Table, metric: str, where: dict) -> dict[int, float]:
@@ -103,7 +112,8 @@ def compare(results: dict[str, pa.Table], comparisons: list[Comparison]) -> list
         rows.append({"finding": c.finding, "study": c.study, "claim": c.claim, "sign": c.sign,
                      "primary": c.primary,
                      "baseline": c.baseline, "better": c.better, "metric": c.metric,
-                     "seeds": seeds, **{k: row[k] for k in ("pairs", "mean_diff", "diff_ci95_low",
+                     "seeds": seeds, "values": {s: [a[s], b[s]] for s in seeds},
+                     **{k: row[k] for k in ("pairs", "mean_diff", "diff_ci95_low",
                                                            "diff_ci95_high", "d_z", "p_t",
                                                            "p_wilcoxon")}})
     for key in ("p_t", "p_wilcoxon"):
@@ -158,21 +168,6 @@ def memory_check(spec, device=None) -> dict:
             "holds": bool(ok)}
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
-
-
 def _completed(study_dir: Path) -> int:
     from pitfalls.results.store import read_study_results
 
@@ -183,9 +178,30 @@ def _freezing_study(specs: list):
     return next(s for s in specs if s.name == "repro_f3_f4_freeze_seq")
 
 
-def load_repro_studies(weights: Path | None, seeds: list[int] | None = None,
-                       steps_per_epoch: int | None = None) -> list:
-    """The reproduction's studies, with the pretrained stand-in weights filled in."""
+def power_plan() -> list:
+    """Seeds per primary comparison, from the power analysis on the earlier runs."""
+    from pitfalls.repro_power import plan
+
+    return plan([c.key for c in COMPARISONS if c.primary])
+
+
+def planned_seeds(plans: list | None = None) -> dict[str, int]:
+    """Per study: the most seeds any of its primary comparisons needs (at least MIN_SEEDS; a
+    comparison out of reach at MAX_SEEDS is run at MAX_SEEDS and its power reported)."""
+    from pitfalls.repro_power import MAX_SEEDS, MIN_SEEDS
+
+    needed = {p.key: p.needed or MAX_SEEDS for p in plans or power_plan()}
+    out: dict[str, int] = {}
+    for c in COMPARISONS:
+        if c.primary:
+            out[c.study] = max(out.get(c.study, MIN_SEEDS), needed[c.key])
+    return out
+
+
+def load_repro_studies(seeds: list[int] | dict[str, int] | None = None,
+                       steps_per_epoch: int | None = None, check_weights: bool = True) -> list:
+    """The reproduction's studies: `seeds` a list for every study, a count per study name (the
+    power analysis's), or None for the study files' own (the quick run)."""
     import yaml
 
     from pitfalls.config import parse_study
@@ -193,37 +209,78 @@ def load_repro_studies(weights: Path | None, seeds: list[int] | None = None,
     specs = []
     for path in sorted(STUDIES.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
-        if weights is not None and "freeze" in path.stem:
-            raw["model"]["weights"] = str(weights)
-        if seeds is not None:
+        if isinstance(seeds, dict):
+            raw["seeds"] = list(range(seeds[raw["name"]]))
+        elif seeds is not None:
             raw["seeds"] = seeds
         if steps_per_epoch is not None:
             raw["budget"]["steps_per_epoch"] = steps_per_epoch
-        specs.append(parse_study(raw, source=str(path), base_dir=path.parent))
+        specs.append(parse_study(raw, source=str(path), base_dir=path.parent,
+                                 check_weights=check_weights))
     return specs
+
+
+def _standin(spec, hf_home: Path, steps: int | None) -> tuple[str, float | None]:
+    """The F3/F4 study's "pretrained" weights (synthetic stand-in, repro_pretrain), made once in
+    `hf_home`; their SHA-256 (the first stage two machines' runs can be compared at)."""
+    import hashlib
+
+    from pitfalls.models.backbone import backbone_info
+    from pitfalls.models.pretrained import cached_file
+    from pitfalls.repro_pretrain import pretrain_standin
+
+    source = backbone_info(spec.model.backbone).source
+    t0, made, path = time.perf_counter(), None, cached_file(source)
+    if path is None:
+        path = pretrain_standin(source.name, hf_home, spec.dataset.options, threads=PRETRAIN_THREADS,
+                                **({"steps": steps} if steps else {}))
+        made = time.perf_counter() - t0
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest(), made
+
+
+def _offline_cache(hf_home: Path) -> None:
+    """This run's own Hugging Face cache, offline, for this process (huggingface_hub reads its
+    environment once, at import: its constants are set too) and the trials (local Ray workers
+    inherit the environment; on a cluster, --out must be a directory every node sees)."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        os.environ.pop(name, None)
+    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import constants
+
+        constants.HF_HOME, constants.HF_HUB_CACHE = str(hf_home), str(hf_home / "hub")
+        constants.HF_HUB_OFFLINE = True
 
 
 def reproduce(out_dir: Path, *, address: str | None = None, tracking_uri: str | None = None,
               seeds: list[int] | None = None, steps_per_epoch: int | None = None,
+              quick: bool = False, pretrain_steps: int | None = None,
               out: TextIO | None = None) -> Reproduction:
-    """Run (or resume) the three studies in `out_dir`, then test every finding."""
+    """Run (or resume) the three studies in `out_dir`, then test every finding. Seeds: `seeds`
+    for every study if given, else the studies' own 10 with `quick`, else the power analysis's."""
     out = out or sys.stdout
-    from pitfalls.repro_pretrain import pretrain_backbone
     from pitfalls.results import read_results
     from pitfalls.sweep.driver import resume_study, run_study, study_changes
 
     out_dir = Path(out_dir).resolve()
-    rep = Reproduction(machine=machine())
+    plans = power_plan()
+    per_study = seeds if seeds is not None else (None if quick else planned_seeds(plans))
+    rep = Reproduction(machine=machine_info())
     start = time.perf_counter()
-    weights = out_dir / PRETRAINED
-    if not weights.is_file():
-        print(f"pretraining the stand-in backbone weights -> {weights}", file=out)
-        t0 = time.perf_counter()
-        bare = _freezing_study(load_repro_studies(None, seeds, steps_per_epoch))
-        pretrain_backbone(weights, bare.model.backbone, bare.dataset.options)
-        rep.wall_s["pretraining"] = time.perf_counter() - t0
-    specs = load_repro_studies(weights, seeds, steps_per_epoch)
+    hf_home = out_dir / HF_HOME
+    _offline_cache(hf_home)
+    bare = _freezing_study(load_repro_studies(per_study, steps_per_epoch, check_weights=False))
+    print(f"stand-in pretrained weights for {bare.model.backbone} -> {hf_home}", file=out)
+    rep.standin_sha256, made = _standin(bare, hf_home, pretrain_steps)
+    if made is not None:
+        rep.wall_s["pretraining"] = made
+    specs = load_repro_studies(per_study, steps_per_epoch)  # every check, the weights' included
     frozen = _freezing_study(specs)
+    rep.seeds = {spec.name: len(spec.seeds) for spec in specs}
+    rep.power = [{"key": p.key, "prior_effect": p.effect, "prior_sd": p.sd, "d": p.d,
+                  "alpha": p.alpha, "needed": p.needed,
+                  "power": p.power_at(rep.seeds[next(c.study for c in COMPARISONS if c.key == p.key)])}
+                 for p in plans]
     results = {}
     for spec in specs:
         study_dir = out_dir / spec.name
@@ -257,7 +314,8 @@ def reproduce(out_dir: Path, *, address: str | None = None, tracking_uri: str | 
         rep.verdicts[finding] = bool(parts) and all(parts)
     atomic_write(out_dir / "reproduction.json", json.dumps(
         {"comparisons": rep.comparisons, "checks": rep.checks, "verdicts": rep.verdicts,
-         "wall_s": rep.wall_s, "machine": rep.machine}, indent=2, default=str))
+         "wall_s": rep.wall_s, "machine": rep.machine, "seeds": rep.seeds, "power": rep.power,
+         "standin_sha256": rep.standin_sha256}, indent=2, default=str))
     atomic_write(out_dir / "reproduction.md", render(rep))
     return rep
 
@@ -272,7 +330,9 @@ def _config(d: dict) -> str:
 
 def render(rep: Reproduction) -> str:
     lines = ["# Reproduction of the papers' findings on synthetic video", "",
-             f"Machine: {rep.machine}.", "",
+             f"Machine: {describe(rep.machine)}.", "",
+             f"Seeds: {', '.join(f'{k} {v}' for k, v in rep.seeds.items())}; stand-in pretrained "
+             f"weights SHA-256 {rep.standin_sha256[:16]}.", "",
              table(["finding", "holds"], [[f"{f}: {FINDINGS[f]}", "yes" if rep.verdicts.get(f) else "NO"]
                                           for f in FINDINGS]).rstrip("\n")]
     lines += ["", "Paired by seed (effect = second configuration − first; 95% t interval; p: paired "
@@ -289,5 +349,14 @@ def render(rep: Reproduction) -> str:
     lines += ["", table(["finding", "check", "observed", "holds"],
                         [[c["finding"], c["check"], c["observed"], "yes" if c["holds"] else "no"]
                          for c in rep.checks]).rstrip("\n")]
+    if rep.power:
+        lines += ["", "Power of each primary comparison at the seeds run (paired two-sided t-test at "
+                  "the strictest Holm level, for the effect pooled from the earlier runs; "
+                  "`pitfalls.repro_power`):", "",
+                  table(["comparison", "prior effect", "prior sd", "d", "alpha", "seeds for 80%",
+                         "power here"],
+                        [[r["key"], _num(r["prior_effect"]), _num(r["prior_sd"]), _num(r["d"], ".2f"),
+                          _num(r["alpha"], ".3g"), r["needed"] or "out of reach",
+                          _num(r["power"], ".2f")] for r in rep.power]).rstrip("\n")]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in rep.wall_s.items()), ""]
     return "\n".join(lines)

@@ -39,10 +39,21 @@ def pretraining_frames(options: SyntheticOptions, looks: int, videos_per_look: i
 
 def standin_state(backbone: str, options: SyntheticOptions, *, looks: int = 4,
                   videos_per_look: int = 16, steps: int = 1000, batch: int = 64, lr: float = 1e-3,
-                  seed: int = 0, normalize: bool = False) -> dict[str, torch.Tensor]:
+                  seed: int = 0, normalize: bool = False, threads: int | None = None
+                  ) -> dict[str, torch.Tensor]:
     """Train `backbone` (timm, its own norms) to classify single frames; its state_dict (timm's
     layout). `normalize`: inputs normalized with the mean/std timm gives `backbone`'s tag, as a
-    `pretrained: true` trial feeds them (else [-1, 1], as a `model.weights` trial does)."""
+    `pretrained: true` trial feeds them (else [-1, 1], as a `model.weights` trial does).
+    `threads`: a fixed torch thread count (the split of each reduction, hence the last bits,
+    follows it: a machine with more cores would otherwise train other weights)."""
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return standin_state(backbone, options, looks=looks, videos_per_look=videos_per_look,
+                                 steps=steps, batch=batch, lr=lr, seed=seed, normalize=normalize)
+        finally:
+            torch.set_num_threads(before)
     torch.manual_seed(seed)
     frames, labels = pretraining_frames(options, looks, videos_per_look)
     cnn = create_backbone(backbone)

@@ -28,6 +28,7 @@ from pitfalls.config.modes import MODES
 from pitfalls.data.base import VideoData
 from pitfalls.data.load import anticipation_tools, load_data
 from pitfalls.data.sampler import CarriedSampler, FrameSampler, SequenceSampler
+from pitfalls.machine import machine_params
 from pitfalls.models.inputs import make_batch, sequence_arrays
 from pitfalls.models.norms import NormOptions
 from pitfalls.models.precise_bn import batch_stat_layers, update_bn_stats
@@ -133,8 +134,11 @@ def setup(cfg: TrialConfig, device: torch.device,
     task = make_task(study.task.name, len(data.phase_names), data.tool_names, tools,
                      study.task.horizon, data.fps, study.evaluation.protocol)
     fast = resolve(study.performance, device)
+    if device.type == "cpu":  # the few CPU ops with a faster racy variant take the exact one
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if on_setup is not None:
         on_setup(fast.as_params())
+        on_setup(machine_params())  # what the last bits depend on (docs/reproduction.md)
     model_params = p.for_target("model")
     if mode.frame_batches:  # stage 1 of two_stage trains the CNN as frame_only does
         model_params["temporal_head"] = None

@@ -124,10 +124,13 @@ def test_train_records_the_resolved_fast_path_and_resumes_exactly():
     cfg = TrialConfig(spec, tiny_params())
     seen, states = [], []
     straight = train(cfg, on_setup=seen.append)
-    assert seen == [{"precision": "fp32", "channels_last": "False", "compile": "False",
-                     "cudnn_benchmark": "False", "grad_accumulation": "2",
-                     "activation_checkpointing": "False", "prefetch": "False",
-                     "eval_videos": "1", "eval_chunk": "64"}]
+    assert seen[0] == {"precision": "fp32", "channels_last": "False", "compile": "False",
+                       "cudnn_benchmark": "False", "grad_accumulation": "2",
+                       "activation_checkpointing": "False", "prefetch": "False",
+                       "eval_videos": "1", "eval_chunk": "64"}
+    # and the machine the bits depend on
+    assert seen[1]["machine.isa"] == torch.backends.cpu.get_cpu_capability()
+    assert seen[1]["machine.threads"] == str(torch.get_num_threads()) and len(seen) == 2
     train(cfg, lambda m, s: states.append(copy.deepcopy(s)), snapshot=True)
     resumed = train(cfg, resume=states[1])
     assert resumed["val_accuracy"] == straight["val_accuracy"]
@@ -136,6 +139,7 @@ def test_train_records_the_resolved_fast_path_and_resumes_exactly():
 
 def _ddp_worker(rank: int, out_dir: str) -> None:
     import faulthandler
+    import os
     import sys
     from datetime import timedelta
 
@@ -158,7 +162,14 @@ def _ddp_worker(rank: int, out_dir: str) -> None:
     Stepper(net, opt, PhaseTask(3).loss, fast).step(x[part], (y[part],), None)
     if rank == 0:
         torch.save(model.state_dict(), f"{out_dir}/ddp.pt")
+    dist.barrier()  # the file is written before either rank tears down
+    # Teardown, not the step, is what hung in CI (the stack at the 120 s dump had left this
+    # function: DDP's reducer and gloo's threads being destroyed after the group). Drop the DDP
+    # wrapper before its group, then leave without the interpreter's teardown.
+    del net
     dist.destroy_process_group()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _spawn_within(fn, args: tuple, nprocs: int, deadline_s: float) -> None:
