@@ -14,7 +14,6 @@ analysis on earlier runs (`pitfalls.repro_power`), unless `quick` runs the studi
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -239,17 +238,12 @@ def _standin(spec, hf_home: Path, steps: int | None) -> tuple[str, float | None]
 
 
 def _offline_cache(hf_home: Path) -> None:
-    """This run's own Hugging Face cache, offline, for this process (huggingface_hub reads its
-    environment once, at import: its constants are set too) and the trials (local Ray workers
-    inherit the environment; on a cluster, --out must be a directory every node sees)."""
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        os.environ.pop(name, None)
-    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
-    if "huggingface_hub" in sys.modules:
-        from huggingface_hub import constants
+    """This run's own Hugging Face cache, offline, for this process and its trials (the driver
+    hands its cache settings to every trial; on a cluster, --out must be a directory every node
+    sees)."""
+    from pitfalls.models.pretrained import use_hf_environment
 
-        constants.HF_HOME, constants.HF_HUB_CACHE = str(hf_home), str(hf_home / "hub")
-        constants.HF_HUB_OFFLINE = True
+    use_hf_environment({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
 
 
 def reproduce(out_dir: Path, *, address: str | None = None, tracking_uri: str | None = None,

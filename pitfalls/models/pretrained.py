@@ -39,6 +39,41 @@ class WeightsSource:
     files: tuple[str, ...]
 
 
+# Where timm's weights come from: the driver validates a study against these, so its trials use
+# the same (a Ray instance started before they were set would not give them to its workers).
+HF_ENV = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT")
+
+
+def hf_environment(environ=None) -> dict[str, str]:
+    """This process's Hugging Face cache settings (`HF_ENV`), to hand to trials."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in HF_ENV if k in environ}
+
+
+def use_hf_environment(env: dict[str, str]) -> None:
+    """Take `env` (`hf_environment` of another process) as this process's cache settings, also
+    where huggingface_hub has already read its environment (it does so once, at import)."""
+    import os
+    import sys
+
+    for name in HF_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import constants
+
+        home = os.path.expanduser(env.get("HF_HOME", os.path.join(
+            os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")))
+        constants.HF_HOME = home
+        constants.HF_HUB_CACHE = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") \
+            or os.path.join(home, "hub")
+        constants.HF_HUB_OFFLINE = env.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        if "HF_ENDPOINT" in env:
+            constants.ENDPOINT = env["HF_ENDPOINT"].rstrip("/")
+
+
 def cache_dir() -> str:
     """The Hugging Face hub cache timm downloads into and reads from (huggingface_hub's)."""
     from huggingface_hub import constants
@@ -132,5 +167,6 @@ def reinit_params(names: str) -> dict[str, object]:
     return {REINIT_COUNT: len(layers), REINIT_KEY: text}
 
 
-__all__ = ["HUB_TIMEOUT_S", "PARAM_TEXT_LIMIT", "REINIT_COUNT", "REINIT_KEY", "WeightsSource",
-           "cache_dir", "cached_file", "reinit_columns", "reinit_params", "unavailable"]
+__all__ = ["HF_ENV", "HUB_TIMEOUT_S", "PARAM_TEXT_LIMIT", "REINIT_COUNT", "REINIT_KEY", "WeightsSource",
+           "cache_dir", "cached_file", "hf_environment", "reinit_columns", "reinit_params", "unavailable",
+           "use_hf_environment"]

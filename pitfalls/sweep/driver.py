@@ -33,6 +33,7 @@ import yaml
 
 from pitfalls.config import StudySpec
 from pitfalls.fileio import atomic_write
+from pitfalls.models.pretrained import hf_environment
 from pitfalls.results import RESULTS_FILE
 from pitfalls.sweep.credentials import CredentialsError, move_credentials, redact, study_uris
 from pitfalls.sweep.runtime import quiet_logging
@@ -413,7 +414,7 @@ def _execute(spec: StudySpec, storage: StudyStorage, study_run: StudyRun, addres
         if problem := resource_problem(spec, capacity):
             raise StudySetupError(problem)
         ctx = TrialContext(spec, study_run, str(study_dir), storage.fs, storage.train_root,
-                           f"{storage.root}/{CHECKPOINT_DIR}")
+                           f"{storage.root}/{CHECKPOINT_DIR}", hf_env=hf_environment())
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         _trial_resources(spec, capacity))
         tune_dir = f"{storage.root}/{TUNE_DIR}"

@@ -11,7 +11,7 @@ and `TuneReportCallback` forwards rank 0's reports to Tune.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.fs
@@ -36,6 +36,8 @@ class TrialContext:
     storage_fs: pyarrow.fs.FileSystem  # the study's storage (local/NFS or object storage)
     train_root: str  # Ray Train's runs of multi-worker trials
     checkpoint_root: str  # the trials' checkpoints (CheckpointStore), one folder per trial
+    # the driver's Hugging Face cache settings, which validation checked the weights against
+    hf_env: dict = field(default_factory=dict)
 
     def checkpoints(self, trial_id: str) -> CheckpointStore:
         return CheckpointStore(self.storage_fs, f"{self.checkpoint_root}/{trial_id}",
@@ -93,6 +95,9 @@ def run_trial(config: dict, *, ctx: TrialContext) -> None:
     """Tune function trainable."""
     import ray.tune
 
+    from pitfalls.models.pretrained import use_hf_environment
+
+    use_hf_environment(ctx.hf_env)  # before anything loads weights
     trial_id = ray.tune.get_context().get_trial_id()
     space = ctx.study.search_space
     cfg = TrialConfig(ctx.study, ctx.study.trial_params(config))
@@ -210,9 +215,11 @@ def _worker_loop(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from pitfalls.models.pretrained import use_hf_environment
     from pitfalls.train import train
 
     cfg: TrialConfig = loop_config["cfg"]
+    use_hf_environment(loop_config["hf_env"])
     torch.set_num_threads(max(1, int(cfg.study.resources.cpus_per_worker)))
     rank = ray.train.get_context().get_world_rank()
     epochs = None
@@ -262,7 +269,7 @@ def _train_with_ray_train(cfg: TrialConfig, trial_id: str, ctx: TrialContext, lo
         train_loop_config={"cfg": cfg, "tracking_uri": ctx.study_run.tracking_uri,
                            "run_id": logger.run_id, "run_ref": logger.ref,
                            "study_dir": ctx.study_dir, "checkpoints": ctx.checkpoints(trial_id),
-                           "predictions": ctx.predictions(trial_id)},
+                           "predictions": ctx.predictions(trial_id), "hf_env": ctx.hf_env},
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
