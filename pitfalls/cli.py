@@ -229,6 +229,22 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce_compare(args: argparse.Namespace) -> int:
+    from pitfalls.repro_sides import read_run, render_sides
+
+    labels = args.labels or [Path(d).name for d in args.runs]
+    if len(labels) != len(args.runs):
+        print(f"error: --labels: {len(labels)} labels for {len(args.runs)} runs", file=sys.stderr)
+        return 2
+    try:
+        runs = [read_run(Path(d), label, args.seeds) for d, label in zip(args.runs, labels)]
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(render_sides(runs))
+    return 0
+
+
 def _probe(args: argparse.Namespace) -> int:
     import json
 
@@ -353,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--steps-per-epoch", type=int, default=None,
                        help="training steps per epoch instead of the studies' 150 (a smoke run)")
     repro.set_defaults(func=_reproduce)
+    sides = sub.add_parser("reproduce-compare",
+                           help="runs of `pitfalls reproduce` (e.g. on two machines) side by side: "
+                                "a finding is reproduced only when it holds in every run")
+    sides.add_argument("runs", nargs="+", metavar="OUT", help="the --out directories of finished runs")
+    sides.add_argument("--labels", nargs="+", default=None, help="a name per run (default: the "
+                                                                 "directory names)")
+    sides.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="compare at every study's first N seeds (a --quick run has 10)")
+    sides.set_defaults(func=_reproduce_compare)
     standin = sub.add_parser(
         "pretrain-standin", help="synthetic stand-in weights (NOT ImageNet ones) for a timm "
                                  "pretrained tag, written into a local Hugging Face cache, so "

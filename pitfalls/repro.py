@@ -56,7 +56,7 @@ class Comparison:
 
 COMPARISONS = [
     Comparison("F1", "repro_f1_norm", "test_accuracy", {"norm": "batch"}, {"norm": "group"}, +1,
-               "GroupNorm reaches a higher validation accuracy than BatchNorm (one video per batch)"),
+               "GroupNorm reaches a higher test accuracy than BatchNorm (one video per batch)"),
     Comparison("F2", "repro_f2_cheating", "train_cheat_gap", {"norm": "group"}, {"norm": "batch"}, +1,
                "BN's error with running statistics exceeds its error with the sequence's own "
                "statistics (training videos) by more than GroupNorm's"),
@@ -165,6 +165,16 @@ def memory_check(spec, device=None) -> dict:
                                       f"{name(short)} < {name(unfrozen_long)} (pitfalls plan)",
             "observed": ", ".join(f"{name(k)}: {m:.1f} MiB" for k, m in sorted(mib.items())),
             "holds": bool(ok)}
+
+
+def verdicts(comparisons: list[dict], checks: list[dict]) -> dict[str, bool]:
+    """A finding holds when all its primary comparisons and its checks hold."""
+    out = {}
+    for finding in FINDINGS:
+        parts = [r["holds"] for r in comparisons if r["finding"] == finding and r["primary"]]
+        parts += [c["holds"] for c in checks if c["finding"] == finding]
+        out[finding] = bool(parts) and all(parts)
+    return out
 
 
 def _completed(study_dir: Path) -> int:
@@ -302,10 +312,7 @@ def reproduce(out_dir: Path, *, address: str | None = None, tracking_uri: str | 
                   memory_check(frozen)]
     rep.wall_s["memory check"] = time.perf_counter() - t0
     rep.wall_s["total"] = time.perf_counter() - start
-    for finding in FINDINGS:
-        parts = [r["holds"] for r in rep.comparisons if r["finding"] == finding and r["primary"]]
-        parts += [c["holds"] for c in rep.checks if c["finding"] == finding]
-        rep.verdicts[finding] = bool(parts) and all(parts)
+    rep.verdicts = verdicts(rep.comparisons, rep.checks)
     atomic_write(out_dir / "reproduction.json", json.dumps(
         {"comparisons": rep.comparisons, "checks": rep.checks, "verdicts": rep.verdicts,
          "wall_s": rep.wall_s, "machine": rep.machine, "seeds": rep.seeds, "power": rep.power,

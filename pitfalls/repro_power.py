@@ -73,7 +73,9 @@ def power(d: float, n: int, alpha: float) -> float:
     """Power of a two-sided paired t-test with n pairs for standardized effect d (= mean / sd)."""
     df, nc = n - 1, d * math.sqrt(n)
     crit = stats.t.isf(alpha / 2, df)
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    # scipy's noncentral t gives nan far out in the tail, where the power is 1 to double precision
+    return 1.0 if math.isnan(p) and abs(nc) > crit else p
 
 
 def seeds_needed(d: float, alpha: float, target: float = POWER) -> int | None:
