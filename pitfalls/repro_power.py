@@ -73,9 +73,11 @@ def power(d: float, n: int, alpha: float) -> float:
     """Power of a two-sided paired t-test with n pairs for standardized effect d (= mean / sd)."""
     df, nc = n - 1, d * math.sqrt(n)
     crit = stats.t.isf(alpha / 2, df)
-    p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    # scipy's noncentral t gives nan far out in the tail, where the power is 1 to double precision
-    return 1.0 if math.isnan(p) and abs(nc) > crit else p
+    # scipy's noncentral t gives nan far out in a tail, where that tail's mass is 0 to double
+    # precision (the rejection region on the side opposite the effect, or beyond a huge effect)
+    upper, lower = float(stats.nct.sf(crit, df, abs(nc))), float(stats.nct.cdf(-crit, df, abs(nc)))
+    upper = 1.0 if math.isnan(upper) else upper
+    return upper + (0.0 if math.isnan(lower) else lower)
 
 
 def seeds_needed(d: float, alpha: float, target: float = POWER) -> int | None:

@@ -18,6 +18,9 @@ def test_power_matches_the_textbook_paired_t_test():
     assert seeds_needed(0.5, 0.05) == 34
     assert power(0.0, 20, 0.05) == pytest.approx(0.05, abs=1e-9)  # no effect: the test's size
     assert power(40.0, 10, 0.01) == 1.0  # far in the tail, where scipy alone gives nan
+    # scipy's nan in the far (opposite) tail is that tail's 0, not the power's: F2's d at n = 5
+    assert power(3.71, 5, 0.01) == pytest.approx(0.978, abs=0.001)
+    assert seeds_needed(3.71, 0.01) == 5
     assert seeds_needed(0.01, 0.01) is None  # out of reach
 
 
